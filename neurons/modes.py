@@ -1,0 +1,127 @@
+"""Switching a whole model between integer and spike-driven mode, checking
+that both agree, and resetting neuron state so that users never have to."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+from spikingjelly.activation_based import functional
+from torch import nn
+
+from zoo.errors import ZooError
+
+from .synapse import Synapse
+
+__all__ = ["to_spike_driven", "to_integer", "spike_driven", "mode_of", "check_equivalence", "auto_reset", "Equivalence"]
+
+
+def _synapses(model: nn.Module) -> list[Synapse]:
+    return [m for m in model.modules() if isinstance(m, Synapse)]
+
+
+def to_spike_driven(model: nn.Module, enable: bool = True) -> nn.Module:
+    """Switch every synapse layer of ``model`` to spike-driven mode (or back with ``enable=False``).
+
+    Returns ``model`` (changed in place). A model without synapse layers is an error:
+    it has nothing that could run on events.
+    """
+    synapses = _synapses(model)
+    if not synapses:
+        raise ZooError(
+            f"{type(model).__name__} has no synapse layers (neurons.SpikeConv2d / SpikeLinear), "
+            "so it has no spike-driven mode; build its weight layers after neurons from neurons.synapse"
+        )
+    for s in synapses:
+        s.spike_driven = bool(enable)
+    return model
+
+
+def to_integer(model: nn.Module) -> nn.Module:
+    """Switch every synapse layer of ``model`` back to integer mode."""
+    return to_spike_driven(model, enable=False)
+
+
+def mode_of(model: nn.Module) -> str:
+    """``'spike'``, ``'integer'`` or ``'mixed'``."""
+    flags = {s.spike_driven for s in _synapses(model)}
+    return "mixed" if len(flags) > 1 else ("spike" if flags == {True} else "integer")
+
+
+@contextlib.contextmanager
+def spike_driven(model: nn.Module, enable: bool = True):
+    """Context manager: run ``model`` in spike-driven mode inside the block, restore after."""
+    previous = [(s, s.spike_driven) for s in _synapses(model)]
+    to_spike_driven(model, enable)
+    try:
+        yield model
+    finally:
+        for s, flag in previous:
+            s.spike_driven = flag
+
+
+def _flatten(out) -> list[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):
+        return [t for k in sorted(out) for t in _flatten(out[k])]
+    if isinstance(out, (list, tuple)):
+        return [t for o in out for t in _flatten(o)]
+    return []
+
+
+@dataclass
+class Equivalence:
+    """Largest differences between integer-mode and spike-driven outputs."""
+
+    max_abs: float
+    max_rel: float  # max |a - b| / max(max |a|, tiny), over all outputs
+    outputs: int
+
+    def __float__(self) -> float:
+        return self.max_abs
+
+
+@torch.no_grad()
+def check_equivalence(model: nn.Module, *inputs, **kwargs) -> Equivalence:
+    """Run ``model(*inputs)`` in integer mode and in spike-driven mode; report the largest difference.
+
+    Neuron state is reset before each run, and the model's mode is restored after.
+    """
+    previous = [(s, s.spike_driven) for s in _synapses(model)]
+    try:
+        results = []
+        for enable in (False, True):
+            to_spike_driven(model, enable)
+            functional.reset_net(model)
+            results.append(_flatten(model(*inputs, **kwargs)))
+    finally:
+        for s, flag in previous:
+            s.spike_driven = flag
+        functional.reset_net(model)
+    ints, spikes = results
+    if len(ints) != len(spikes) or not ints:
+        raise ZooError("check_equivalence: the model returned no tensors, or different structures in the two modes")
+    max_abs = max_rel = 0.0
+    for a, b in zip(ints, spikes):
+        if a.shape != b.shape:
+            raise ZooError(f"check_equivalence: output shapes differ between modes: {tuple(a.shape)} vs {tuple(b.shape)}")
+        if a.numel() == 0:
+            continue
+        diff = (a.double() - b.double()).abs().max().item()
+        scale = max(a.double().abs().max().item(), 1e-12)
+        max_abs, max_rel = max(max_abs, diff), max(max_rel, diff / scale)
+    return Equivalence(max_abs=max_abs, max_rel=max_rel, outputs=len(ints))
+
+
+def _reset_hook(module, args):
+    functional.reset_net(module)
+
+
+def auto_reset(model: nn.Module) -> nn.Module:
+    """Make ``model`` reset all its neuron state before every forward (idempotent)."""
+    if not getattr(model, "_zoo_auto_reset", False):
+        model.register_forward_pre_hook(_reset_hook)
+        model._zoo_auto_reset = True
+    return model

@@ -1,0 +1,1 @@
+"""Task packages: each registers its models with zoo.register on import."""

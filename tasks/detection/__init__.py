@@ -1,0 +1,1 @@
+"""detection models, data adapters and evaluators (see the task's issue)."""
