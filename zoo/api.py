@@ -61,12 +61,14 @@ def load(
         model = get(name).builder(**options)
     except TypeError as e:
         raise ZooError(f"{name} does not take these options ({e})") from None
+    converter = card.converter
     if weights is not None:
         source = str(weights)
         state = checkpoint.to_state_dict(checkpoint.read(weights))
     elif pretrained:
         if card.weights is None:
             raise ZooError(f"{name} has no released weights; use pretrained=False for random weights, or weights='PATH'")
+        converter = hub.entry(card.weights).converter or converter
         path = hub.fetch(card.weights)
         source = str(path)
         state = checkpoint.to_state_dict(checkpoint.read(path))
@@ -74,7 +76,7 @@ def load(
         state = None
     if state is not None:
         if set(state) != set(model.state_dict()):  # an official checkpoint: map its keys to ours
-            state = _converter(card.converter)(state)
+            state = _converter(converter)(state)
         load_state(model, state, source)
     if mode == "spike":
         neurons.to_spike_driven(model)

@@ -137,8 +137,8 @@ def sniff(path: Path) -> str:
     """``safetensors``, ``zip`` (torch >= 1.6), ``pickle`` (legacy torch) or ``unknown``."""
     with open(path, "rb") as f:
         head = f.read(16)
-    if zipfile.is_zipfile(path):
-        return "zip"
+    if head[:4] == b"PK\x03\x04" or zipfile.is_zipfile(path):
+        return "zip"  # possibly truncated: torch.load says so below
     if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 100_000_000:
         return "safetensors"
     if head[:1] == b"\x80":

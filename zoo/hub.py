@@ -51,6 +51,7 @@ class WeightsEntry:
     size: int = 0
     sources: list[dict] = field(default_factory=list)
     bundled: bool = False
+    converter: str = ""  # "module:function" mapping this file's state dict to the model's keys
     license: str = ""
     note: str = ""
 
