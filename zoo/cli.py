@@ -93,7 +93,11 @@ def cmd_profile(args) -> None:
         raise ZooError(f"{args.name} has no default input size; pass --input-size")
     model = load(args.name, pretrained=args.pretrained, weights=args.weights, mode=args.mode)
     x = torch.rand(size, generator=torch.Generator().manual_seed(0))
-    result = profile(model, x, preset=args.preset)
+    try:
+        result = profile(model, x, preset=args.preset)
+    except (RuntimeError, ValueError, IndexError) as e:  # a shape torch rejected deep inside the model
+        raise ZooError(f"{args.name} cannot run on input {list(size)} ({str(e).splitlines()[0]}); "
+                       f"it takes {card.input or card.input_size}") from None
     if args.json:
         print(json.dumps({"name": args.name, "input_size": list(size), "mode": args.mode,
                           "weights": args.weights or ("pretrained" if args.pretrained else "random"), **result.to_dict()}, indent=2))
