@@ -1,1 +1,96 @@
 """detection models, data adapters and evaluators (see the task's issue)."""
+
+from __future__ import annotations
+
+from zoo.errors import ZooError
+from zoo.registry import register
+
+from .spikeyolo import SpikeYOLO, build_spikeyolo
+
+__all__ = ["SpikeYOLO", "build_spikeyolo"]
+
+_PAPER = (
+    "Integer-Valued Training and Spike-Driven Inference Spiking Neural Network "
+    "for High-performance and Energy-efficient Object Detection (ECCV 2024)"
+)
+_COMMON = dict(
+    task="detection",
+    paper=_PAPER,
+    arxiv="2407.20708",
+    code="https://github.com/BICLab/SpikeYOLO",
+    license="AGPL-3.0",
+    D=4,
+    converter="tasks.detection.convert:from_official",
+)
+_COCO_INPUT = (
+    "RGB image [B, 3, H, W], float in [0, 1], H and W multiples of 32 (the paper: 640x640 letterboxed); "
+    "repeated over T time steps"
+)
+_GEN1_INPUT = (
+    "Gen1 event frames [B, T, 3, H, W] (per slice: 127/255 background, 1 positive, 0 negative event), "
+    "float in [0, 1], H and W multiples of 32 (the paper: 304x240 letterboxed to 320); "
+    "a [B, 3, H, W] frame is repeated T times"
+)
+_OUTPUT = (
+    "eval: (y, raw) with y = [B, 4 + nc, anchors] (box centre x, y, width, height in input pixels, then "
+    "per-class sigmoid scores; no NMS) and raw = per-level head maps [B, 64 + nc, H/s, W/s] for strides 8, 16, 32; "
+    "train: raw only. State-dict keys are the official ones."
+)
+_ILIF = "I-LIF (neurons.ILIF: integer counts 0..4, decay 0.25, soft reset)"
+_ILIF_GEN1 = "I-LIF, Gen1 release (neurons.ILIFGen1: decay-input charge, tau 2, counts 0..4, soft reset)"
+
+
+def _builder(scale: str, **defaults):
+    """A registry builder: ``build_spikeyolo`` with this model's defaults; keywords override them."""
+    allowed = {"nc", "T", "scale", "p5_ratio", "repeats"}
+
+    def build(**kwargs):
+        unknown = set(kwargs) - allowed
+        if unknown:
+            raise ZooError(f"unknown SpikeYOLO option(s) {', '.join(sorted(unknown))}; options are {', '.join(sorted(allowed))}")
+        opts = dict(scale=scale, **defaults)
+        opts.update(kwargs)
+        return build_spikeyolo(**opts)
+
+    return build
+
+
+def _coco_metrics(map50, map5095, note=""):
+    return [
+        dict(dataset="COCO val2017", metric="mAP@50", value=map50, source="paper", note=note),
+        dict(dataset="COCO val2017", metric="mAP@50:95", value=map5095, source="paper", note=note),
+    ]
+
+
+register(
+    "spikeyolo-n-coco", **_COMMON, input=_COCO_INPUT, input_size=(1, 3, 640, 640), T=1, neuron=_ILIF,
+    weights=None, metrics=[],
+    notes="Scale n [0.33, 0.375, 1024] of snn_yolov8.yaml; no released weights. " + _OUTPUT,
+)(_builder("n", nc=80, T=1))
+
+register(
+    "spikeyolo-coco", **_COMMON, input=_COCO_INPUT, input_size=(1, 3, 640, 640), T=1, neuron=_ILIF,
+    weights="spikeyolo-coco-23m",
+    metrics=_coco_metrics(62.25, 45.57, note="23M, T1 D4; official logs_23M/results.csv, epoch 295 of 300"),
+    notes="Scale s [0.33, 0.5, 1024] (23M, T=1, D=4). " + _OUTPUT,
+)(_builder("s", nc=80, T=1))
+
+register(
+    "spikeyolo-m-coco", **_COMMON, input=_COCO_INPUT, input_size=(1, 3, 640, 640), T=1, neuron=_ILIF,
+    weights=None, metrics=[],
+    notes="Scale m [0.5, 0.625] with layer 25 = MS_ConvBlock[2,7] (48M); no released weights. " + _OUTPUT,
+)(_builder("m", nc=80, T=1))
+
+register(
+    "spikeyolo-l-coco", **_COMMON, input=_COCO_INPUT, input_size=(1, 3, 640, 640), T=1, neuron=_ILIF,
+    weights="spikeyolo-coco-69m",
+    metrics=_coco_metrics(66.2, 48.9, note="69M, T1 D4"),
+    notes="Scale l [0.5, 0.75, 1024] with layer 25 = MS_ConvBlock[2,7] (69M, T=1, D=4). " + _OUTPUT,
+)(_builder("l", nc=80, T=1))
+
+register(
+    "spikeyolo-gen1", **_COMMON, input=_GEN1_INPUT, input_size=(1, 3, 320, 320), T=2, neuron=_ILIF_GEN1,
+    weights="spikeyolo-gen1-23m",
+    metrics=[dict(dataset="Gen1 Automotive", metric="mAP@50", value=67.2, source="paper", note="23M, T2 D4")],
+    notes="Scale s, nc=2 (car, pedestrian), SpikeYOLO_for_Gen1 release (its own neuron). " + _OUTPUT,
+)(_builder("s", nc=2, T=2, gen1=True))

@@ -1,0 +1,87 @@
+"""Official SpikeYOLO state dicts -> this zoo's SpikeYOLO.
+
+The zoo's SpikeYOLO uses the official key names (``model.1.encode_conv.weight``,
+``model.26.cv2.0.0.conv.weight``, ``model.26.dfl.conv.weight`` ...), so the
+conversion is: drop what is not a tensor of the model (DDP ``module.``
+prefixes are stripped), cast floating tensors to float32 (the released
+checkpoints are fp16), and check that the result is one complete SpikeYOLO
+whose every shape is right. Which SpikeYOLO it is (width, number of classes,
+block repeats, layer 25's ratio) is read from the shapes by :func:`infer_config`.
+
+The released ``.pt`` files are ultralytics pickles holding whole ``nn.Module``
+objects; extracting ``ckpt['ema' or 'model'].state_dict()`` from them needs the
+official classes and is not done here.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from zoo.errors import WeightsError
+
+__all__ = ["from_official", "infer_config"]
+
+_SHOW = 5  # how many key names an error message lists
+
+
+def _names(keys) -> str:
+    keys = sorted(keys)
+    more = f" (+{len(keys) - _SHOW} more)" if len(keys) > _SHOW else ""
+    return ", ".join(keys[:_SHOW]) + more
+
+
+def _repeats(state: dict, layer: int) -> int:
+    """How many blocks layer ``layer`` stacks: ``model.4.0. .. model.4.5.`` -> 6; no index -> 1."""
+    pat = re.compile(rf"^model\.{layer}\.(\d+)\.")
+    found = {int(m.group(1)) for k in state if (m := pat.match(k))}
+    return max(found) + 1 if found else 1
+
+
+def infer_config(state: dict[str, torch.Tensor]) -> dict:
+    """Builder keywords (``scale``, ``nc``, ``repeats``, ``p5_ratio``) of the SpikeYOLO a state dict belongs to."""
+    need = ("model.1.encode_conv.weight", "model.26.cv3.0.2.conv.weight", "model.25.conv1.body.2.1.weight")
+    missing = [k for k in need if k not in state]
+    if missing:
+        raise WeightsError(f"not a SpikeYOLO state dict: missing {_names(missing)}")
+    c1 = state["model.1.encode_conv.weight"].shape[0]
+    hidden, dim = state["model.25.conv1.body.2.1.weight"].shape[:2]
+    return dict(
+        scale=(0.33, c1 / 128, 1024),
+        nc=int(state["model.26.cv3.0.2.conv.weight"].shape[0]),
+        repeats=tuple(_repeats(state, i) for i in (2, 4, 6, 8)),
+        p5_ratio=max(1, int(hidden) // max(int(dim), 1)),
+    )
+
+
+def from_official(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Map an official SpikeYOLO state dict to this zoo's keys (float32), validating it completely.
+
+    Raises :class:`zoo.errors.WeightsError` naming the missing or unexpected
+    keys, or the tensors whose shapes do not fit.
+    """
+    from .spikeyolo import build_spikeyolo
+
+    if not isinstance(state, dict):
+        raise WeightsError(f"expected a state dict (dict of tensors), got {type(state).__name__}")
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            continue  # non-tensor junk (e.g. metadata)
+        key = key.removeprefix("module.")
+        if not key.startswith("model."):
+            continue
+        out[key] = value.detach().to(torch.float32) if value.is_floating_point() else value.detach()
+    cfg = infer_config(out)
+    with torch.device("meta"):
+        expected = build_spikeyolo(**cfg).state_dict()
+    missing, unexpected = set(expected) - set(out), set(out) - set(expected)
+    if missing or unexpected:
+        parts = [f"missing {len(missing)} keys: {_names(missing)}" if missing else "",
+                 f"unexpected {len(unexpected)} keys: {_names(unexpected)}" if unexpected else ""]
+        raise WeightsError(f"SpikeYOLO state dict does not fit the model ({cfg}): " + "; ".join(p for p in parts if p))
+    bad = [f"{k} {tuple(out[k].shape)} != {tuple(v.shape)}" for k, v in expected.items() if out[k].shape != v.shape]
+    if bad:
+        raise WeightsError(f"SpikeYOLO state dict has {len(bad)} tensors of the wrong shape: {_names(bad)}")
+    return out
