@@ -72,3 +72,19 @@ def test_binary_input_to_plain_layer_is_ac_and_real_is_mac():
 def test_unknown_preset():
     with pytest.raises(ZooError, match="preset"):
         zoo.profile(nn.Linear(2, 2), torch.zeros(1, 2), preset="7nm")
+
+
+def test_acs_equal_spikingjelly_count_of_real_events(tiny):
+    """Integer-mode AC counts == SpikingJelly's op_counter on the true binary events of spike mode."""
+    from spikingjelly.activation_based import functional
+    from spikingjelly.activation_based.op_counter import ACCounter, DispatchCounterMode
+
+    x = torch.rand(1, 3, 8, 8)
+    ours = zoo.profile(tiny, x)
+    neurons.to_spike_driven(tiny)
+    counter = ACCounter()
+    functional.reset_net(tiny)
+    with torch.no_grad(), DispatchCounterMode([counter]):
+        tiny(x)
+    weight_ops = {k: v for k, v in counter.get_counts()["Global"].items() if "convolution" in str(k) or "mm" in str(k)}
+    assert ours.acs > 0 and sum(weight_ops.values()) == ours.acs
