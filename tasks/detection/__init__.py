@@ -36,8 +36,8 @@ _OUTPUT = (
     "per-class sigmoid scores; no NMS) and raw = per-level head maps [B, 64 + nc, H/s, W/s] for strides 8, 16, 32; "
     "train: raw only. State-dict keys are the official ones."
 )
-_ILIF = "I-LIF (neurons.ILIF: integer counts 0..4, decay 0.25, soft reset)"
-_ILIF_GEN1 = "I-LIF, Gen1 release (neurons.ILIFGen1: decay-input charge, tau 2, counts 0..4, soft reset)"
+_ILIF = "I-LIF (neurons.ILIF, decay 0.25)"
+_ILIF_GEN1 = "I-LIF, Gen1 release (neurons.ILIFGen1, decay-input, tau 2)"
 
 
 def _builder(scale: str, **defaults):
