@@ -1,0 +1,339 @@
+"""Training SpikeYOLO with the official recipe (ultralytics 8.0.197, SpikeYOLO's cfg/default.yaml).
+
+* integer-valued training: I-LIF counts in the forward pass, straight-through
+  gradient inside [0, D] (the neurons' surrogate);
+* YOLOv8 loss (:mod:`tasks.detection.loss`);
+* SGD, nesterov, momentum 0.937, lr0 0.01 decaying linearly to lr0 x lrf,
+  three parameter groups (biases, weights with weight decay 5e-4 scaled by the
+  accumulated batch / 64, BN weights without decay); warmup over
+  ``max(warmup_epochs x batches, 100)`` iterations from momentum 0.8 and a bias
+  lr of 0.1; gradients clipped to norm 10; gradient accumulation to a nominal
+  batch of 64;
+* EMA of the weights (decay 0.9999 x (1 - exp(-updates / 2000))), used for
+  validation and for the saved weights;
+* augmentation: letterbox to ``imgsz``, random scale and translation, HSV
+  jitter, horizontal flip, and 4-image mosaic (off for the last
+  ``close_mosaic`` epochs);
+* a checkpoint written atomically every epoch (``last.pt``: model, EMA,
+  optimizer, epoch, arguments) and ``--resume``; the best EMA weights as
+  ``best.safetensors``;
+* data parallel over processes with ``torchrun`` (gloo on CPU, nccl on GPU);
+  AMP (fp16 autocast + grad scaler) on a GPU.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from copy import deepcopy
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from zoo.errors import ZooError
+
+from .loss import DetectionLoss
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 300
+    batch: int = 40
+    imgsz: int = 640
+    lr0: float = 0.01
+    lrf: float = 0.004
+    momentum: float = 0.937
+    weight_decay: float = 5e-4
+    warmup_epochs: float = 10.0
+    warmup_momentum: float = 0.8
+    warmup_bias_lr: float = 0.1
+    nbs: int = 64
+    box: float = 7.5
+    cls: float = 0.5
+    dfl: float = 1.5
+    hsv_h: float = 0.015
+    hsv_s: float = 0.7
+    hsv_v: float = 0.4
+    translate: float = 0.1
+    scale: float = 0.5
+    fliplr: float = 0.5
+    mosaic: float = 1.0
+    close_mosaic: int = 10
+    workers: int = 0
+    seed: int = 0
+    min_warmup_iters: int = 100
+    time_limit: float = 0.0  # seconds; 0 = none. Stops after the epoch that crosses it.
+
+
+# ----------------------------------------------------------------------------- augmentation
+
+
+def _hsv(img: torch.Tensor, h: float, s: float, v: float, rng: random.Random) -> torch.Tensor:
+    """Random hue / saturation / value gains on a [3, H, W] RGB image in [0, 1]."""
+    from torchvision.transforms.functional import adjust_hue, adjust_saturation
+
+    gh, gs, gv = (rng.uniform(-1, 1) * g for g in (h, s, v))
+    img = adjust_hue(img, gh) if h else img
+    img = adjust_saturation(img, 1 + gs) if s else img
+    return (img * (1 + gv)).clamp_(0, 1)
+
+
+def _place(img: torch.Tensor, boxes: torch.Tensor, size: int, cfg: TrainConfig, rng: random.Random):
+    """Letterbox ``img`` to ``size`` with a random scale and translation; move the boxes with it."""
+    _, h, w = img.shape
+    r = size / max(h, w) * rng.uniform(1 - cfg.scale, 1 + cfg.scale)
+    nh, nw = max(1, round(h * r)), max(1, round(w * r))
+    img = F.interpolate(img[None], size=(nh, nw), mode="bilinear", align_corners=False)[0]
+    dx = (size - nw) / 2 + rng.uniform(-cfg.translate, cfg.translate) * size
+    dy = (size - nh) / 2 + rng.uniform(-cfg.translate, cfg.translate) * size
+    dx, dy = round(dx), round(dy)
+    canvas = torch.full((3, size, size), 114 / 255)
+    x0, y0, x1, y1 = max(dx, 0), max(dy, 0), min(dx + nw, size), min(dy + nh, size)
+    if x1 > x0 and y1 > y0:
+        canvas[:, y0:y1, x0:x1] = img[:, y0 - dy:y1 - dy, x0 - dx:x1 - dx]
+    boxes = boxes * r + torch.tensor([dx, dy, dx, dy], dtype=boxes.dtype)
+    return canvas, boxes
+
+
+def _clip_boxes(boxes, labels, w, h, min_size=2.0, min_keep=0.25, area0=None):
+    """Clip to the canvas; drop boxes that became tiny or lost most of their area."""
+    clipped = boxes.clone()
+    clipped[:, 0::2] = clipped[:, 0::2].clamp(0, w)
+    clipped[:, 1::2] = clipped[:, 1::2].clamp(0, h)
+    bw, bh = clipped[:, 2] - clipped[:, 0], clipped[:, 3] - clipped[:, 1]
+    keep = (bw > min_size) & (bh > min_size)
+    if area0 is not None:
+        keep &= bw * bh > min_keep * area0
+    return clipped[keep], labels[keep]
+
+
+class TrainTransform:
+    """Official-style augmentation for one sample (or a mosaic of four)."""
+
+    def __init__(self, dataset, cfg: TrainConfig, seed: int = 0):
+        self.dataset, self.cfg, self.mosaic_on = dataset, cfg, True
+        self.rng = random.Random(seed)
+
+    def one(self, i: int, size: int):
+        img, t = self.dataset[i]
+        boxes, labels = t["boxes"].float(), t["labels"].long()
+        area0 = None
+        img, boxes = _place(img.float(), boxes, size, self.cfg, self.rng)
+        return img, boxes, labels, area0
+
+    def __call__(self, i: int):
+        cfg, s = self.cfg, self.cfg.imgsz
+        if self.mosaic_on and self.rng.random() < cfg.mosaic:
+            idx = [i] + [self.rng.randrange(len(self.dataset)) for _ in range(3)]
+            canvas = torch.full((3, 2 * s, 2 * s), 114 / 255)
+            cx, cy = (int(self.rng.uniform(s * 0.5, s * 1.5)) for _ in range(2))
+            all_boxes, all_labels = [], []
+            for k, j in enumerate(idx):
+                img, t = self.dataset[j]
+                _, h, w = img.shape
+                r = s / max(h, w)
+                img = F.interpolate(img.float()[None], size=(max(1, round(h * r)), max(1, round(w * r))),
+                                    mode="bilinear", align_corners=False)[0]
+                _, h, w = img.shape
+                x0, y0 = (cx - w if k in (0, 2) else cx), (cy - h if k in (0, 1) else cy)
+                a0, b0 = max(x0, 0), max(y0, 0)
+                a1, b1 = min(x0 + w, 2 * s), min(y0 + h, 2 * s)
+                canvas[:, b0:b1, a0:a1] = img[:, b0 - y0:b1 - y0, a0 - x0:a1 - x0]
+                all_boxes.append(t["boxes"].float() * r + torch.tensor([x0, y0, x0, y0], dtype=torch.float))
+                all_labels.append(t["labels"].long())
+            boxes, labels = torch.cat(all_boxes), torch.cat(all_labels)
+            area0 = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+            boxes, labels = _clip_boxes(boxes, labels, 2 * s, 2 * s, area0=area0)
+            area0 = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+            img, boxes = _place(canvas, boxes, s, cfg, self.rng)  # random scale/translate back to s
+            area0 = area0 * ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).div(area0.clamp(min=1e-6)).nan_to_num(0)
+        else:
+            img, boxes, labels, area0 = self.one(i, s)
+        boxes, labels = _clip_boxes(boxes, labels, s, s, area0=area0)
+        img = _hsv(img, cfg.hsv_h, cfg.hsv_s, cfg.hsv_v, self.rng)
+        if self.rng.random() < cfg.fliplr:
+            img = img.flip(-1)
+            boxes = torch.stack((s - boxes[:, 2], boxes[:, 1], s - boxes[:, 0], boxes[:, 3]), 1) if len(boxes) else boxes
+        return img, {"boxes": boxes, "labels": labels}
+
+
+class _Augmented(torch.utils.data.Dataset):
+    def __init__(self, transform: TrainTransform):
+        self.t = transform
+
+    def __len__(self):
+        return len(self.t.dataset)
+
+    def __getitem__(self, i):
+        return self.t(i)
+
+
+def _collate(batch):
+    return torch.stack([b[0] for b in batch]), [b[1] for b in batch]
+
+
+# ----------------------------------------------------------------------------- optimisation
+
+
+class ModelEMA:
+    """Exponential moving average of a model's state (ultralytics' ModelEMA semantics)."""
+
+    def __init__(self, model: nn.Module, decay: float = 0.9999, tau: float = 2000, updates: int = 0):
+        self.ema = deepcopy(model).eval().requires_grad_(False)
+        self.decay, self.tau, self.updates = decay, tau, updates
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        d = self.decay * (1 - math.exp(-self.updates / self.tau))
+        msd = model.state_dict()
+        for k, v in self.ema.state_dict().items():
+            if v.dtype.is_floating_point:
+                v.mul_(d).add_(msd[k].detach(), alpha=1 - d)
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig, accumulate: int) -> torch.optim.SGD:
+    """Three groups as ultralytics: biases (no decay), weights (decay), norm weights (no decay)."""
+    decay = cfg.weight_decay * cfg.batch * accumulate / cfg.nbs
+    biases, weights, norms = [], [], []
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if not p.requires_grad:
+                continue
+            if name == "bias":
+                biases.append(p)
+            elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+                norms.append(p)
+            else:
+                weights.append(p)
+    opt = torch.optim.SGD(biases, lr=cfg.lr0, momentum=cfg.momentum, nesterov=True)
+    opt.add_param_group({"params": weights, "weight_decay": decay})
+    opt.add_param_group({"params": norms, "weight_decay": 0.0})
+    return opt
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- loop
+
+
+def _unwrap(model):
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def train(model: nn.Module, train_set, val_set=None, cfg: TrainConfig | None = None, out: str | Path = "runs/train",
+          resume: str | Path | None = None, device: str = "cpu", evaluate=None, log=print) -> dict:
+    """Train ``model`` (a SpikeYOLO) on ``train_set`` (items ``(image [3,H,W] in [0,1], {'boxes' xyxy px, 'labels'})``).
+
+    ``evaluate(model) -> dict`` (e.g. mAP on ``val_set``) runs on the EMA model after each epoch on rank 0;
+    the best ``evaluate(...)['map50']`` selects ``best.safetensors``. Returns the last metrics.
+    """
+    cfg = cfg or TrainConfig()
+    out = Path(out)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if str(device).startswith("cuda") else "gloo"
+        dist.init_process_group(backend)
+        if backend == "nccl":
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+            torch.cuda.set_device(device)
+    main = rank == 0
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+    if len(train_set) == 0:
+        raise ZooError("the training set is empty; check --data")
+    torch.manual_seed(cfg.seed + rank)
+    model = model.to(device).train()
+    det = _unwrap(model).model[-1]
+    criterion = DetectionLoss(det.nc, det.stride.tolist(), det.reg_max, cfg.box, cfg.cls, cfg.dfl)
+    accumulate = max(round(cfg.nbs / (cfg.batch * world)), 1)
+    optimizer = build_optimizer(model, cfg, accumulate)
+    lf = lambda e: (1 - e / cfg.epochs) * (1.0 - cfg.lrf) + cfg.lrf  # noqa: E731
+    ema = ModelEMA(model)
+    start_epoch, best, metrics = 0, -1.0, {}
+    if resume:
+        ck = torch.load(resume, map_location="cpu", weights_only=True)
+        model.load_state_dict(ck["model"])
+        ema.ema.load_state_dict(ck["ema"])
+        ema.updates = ck["updates"]
+        optimizer.load_state_dict(ck["optimizer"])
+        start_epoch, best = ck["epoch"] + 1, ck.get("best_fitness", -1.0)
+        if main:
+            log(f"resumed from {resume} at epoch {start_epoch}")
+    if world > 1:
+        model = nn.parallel.DistributedDataParallel(model)
+    transform = TrainTransform(train_set, cfg, seed=cfg.seed + rank)
+    data = _Augmented(transform)
+    sampler = torch.utils.data.DistributedSampler(data, shuffle=True, seed=cfg.seed) if world > 1 else None
+    loader = torch.utils.data.DataLoader(data, batch_size=cfg.batch, shuffle=sampler is None, sampler=sampler,
+                                         num_workers=cfg.workers, collate_fn=_collate, drop_last=False)
+    nb = len(loader)
+    nw = max(round(cfg.warmup_epochs * nb), cfg.min_warmup_iters)
+    amp = str(device).startswith("cuda")
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    t0 = time.time()
+    last_step = -1
+    for epoch in range(start_epoch, cfg.epochs):
+        _unwrap(model).train()
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        transform.mosaic_on = epoch < cfg.epochs - cfg.close_mosaic
+        running = torch.zeros(3)
+        optimizer.zero_grad()
+        for i, (imgs, targets) in enumerate(loader):
+            ni = i + nb * epoch
+            if ni <= nw:  # warmup
+                accumulate = max(1, round(float(np.interp(ni, [0, nw], [1, cfg.nbs / (cfg.batch * world)]))))
+                for j, g in enumerate(optimizer.param_groups):
+                    g["lr"] = float(np.interp(ni, [0, nw], [cfg.warmup_bias_lr if j == 0 else 0.0, cfg.lr0 * lf(epoch)]))
+                    g["momentum"] = float(np.interp(ni, [0, nw], [cfg.warmup_momentum, cfg.momentum]))
+            imgs = imgs.to(device, non_blocking=True)
+            with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
+                feats = model(imgs)
+                loss, items = criterion([f.float() for f in feats], targets)
+            scaler.scale(loss * (world if world > 1 else 1)).backward()
+            if ni - last_step >= accumulate:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), max_norm=10.0)
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad()
+                ema.update(_unwrap(model))
+                last_step = ni
+            running += items
+        for g in optimizer.param_groups:  # linear schedule, stepped per epoch (warmup overrides it per iteration)
+            g["lr"] = cfg.lr0 * lf(epoch + 1)
+        if main:
+            metrics = {"epoch": epoch, "box": float(running[0] / nb), "cls": float(running[1] / nb),
+                       "dfl": float(running[2] / nb), "time_s": round(time.time() - t0, 1)}
+            if evaluate is not None:
+                metrics.update(evaluate(ema.ema))
+            fitness = metrics.get("map50", -metrics["box"] - metrics["cls"] - metrics["dfl"])
+            if fitness > best:
+                best = fitness
+                from zoo.checkpoint import save_safetensors
+
+                save_safetensors(ema.ema.state_dict(), out / "best.safetensors")
+            _atomic_save({"epoch": epoch, "model": _unwrap(model).state_dict(), "ema": ema.ema.state_dict(),
+                          "updates": ema.updates, "optimizer": optimizer.state_dict(), "best_fitness": best,
+                          "train_args": asdict(cfg)}, out / "last.pt")
+            log(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()))
+        if cfg.time_limit and time.time() - t0 > cfg.time_limit:
+            if main:
+                log(f"time limit {cfg.time_limit:.0f} s reached after epoch {epoch}")
+            break
+    if world > 1:
+        dist.barrier()
+    return metrics
