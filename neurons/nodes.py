@@ -95,6 +95,17 @@ class ILIF(_CountNeuron, neuron.ILIFNode):
         )
         self.levels = Levels(D=int(D))
 
+    def multi_step_forward(self, x_seq: torch.Tensor, *args, **kwargs):
+        if x_seq.shape[0] == 1 and isinstance(self.v, float) and self.v == 0.0 and not self.store_v_seq:
+            # one time step from rest: H = X, so the neuron is round(clamp(X, 0, D)) -- no loop, no
+            # stacking (which keeps the input's memory layout, e.g. channels_last); same values and
+            # straight-through gradient as SpikingJelly's loop.
+            h = x_seq / self.v_threshold if self.v_threshold != 1.0 else x_seq
+            s = _count_ste(h, 0.0, self.D)
+            self.v = (x_seq - (s.detach() if self.detach_reset else s) * self.v_threshold)[0]
+            return s
+        return super().multi_step_forward(x_seq, *args, **kwargs)
+
     def extra_repr(self) -> str:
         return f"D={self.D}, decay={1 - 1 / self.tau:g}, step_mode={self.step_mode}"
 

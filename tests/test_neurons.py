@@ -176,3 +176,21 @@ def test_auto_reset_makes_forward_repeatable(tiny):
     neurons.auto_reset(tiny)  # idempotent
     a, b = tiny(x), tiny(x)
     assert torch.equal(a, b)
+
+
+def test_ilif_single_step_fast_path_equals_loop():
+    x = torch.randn(1, 2, 3, 5, 5, generator=torch.Generator().manual_seed(3)) * 3
+    fast = neurons.ILIF()
+    ref = reference_ilif(x)
+    assert torch.equal(fast(x), ref)
+    # state after the step continues exactly as SpikingJelly's loop would
+    loop = neurons.ILIF()
+    loop.v = torch.zeros_like(x[0])  # a tensor state takes SpikingJelly's path
+    loop(x)
+    assert torch.equal(fast.v, loop.v)
+    # straight-through gradient and memory layout kept
+    xg = x.clone().requires_grad_()
+    neurons.ILIF()(xg).sum().backward()
+    assert torch.equal(xg.grad, ((x >= 0) & (x <= 4)).float())
+    cl = x[0].contiguous(memory_format=torch.channels_last)[None]
+    assert neurons.ILIF()(cl)[0].is_contiguous(memory_format=torch.channels_last)

@@ -154,6 +154,8 @@ class BNAndPad(nn.Module):
     if BN were folded into it and the (zero-padded) input fed to it.
     """
 
+    keeps_batchnorm = True  # zoo.fuse: the padding value reads the BN statistics, do not fold it away
+
     def __init__(self, pad: int, c: int):
         super().__init__()
         self.pad = pad

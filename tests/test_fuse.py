@@ -1,0 +1,62 @@
+"""Inference rewrites against the plain path."""
+
+import torch
+from torch import nn
+
+import neurons
+from zoo.fuse import fold_batchnorm, optimize_for_inference
+
+
+class ConvBN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.lif = neurons.ILIF()
+        self.conv2 = neurons.SpikeConv2d(4, 2, 1, bias=False, source=self.lif)
+        self.bn2 = nn.BatchNorm2d(2)
+        self.side = nn.BatchNorm2d(2)  # fed by conv2's output too: must not be folded
+
+    def forward(self, x):
+        y = self.lif(self.bn(self.conv(x))[None])[0]
+        z = self.conv2(y)
+        return self.bn2(z) + self.side(z)
+
+
+def _randomise(m):
+    with torch.no_grad():
+        for bn in m.modules():
+            if isinstance(bn, nn.BatchNorm2d):
+                bn.running_mean.uniform_(-1, 1)
+                bn.running_var.uniform_(0.5, 2)
+                bn.weight.uniform_(0.5, 2)
+                bn.bias.uniform_(-1, 1)
+    return m.eval()
+
+
+def test_fold_only_exclusive_conv_bn_pairs():
+    torch.manual_seed(0)
+    m = _randomise(ConvBN())
+    x = torch.randn(2, 3, 8, 8) * 2
+    folded, n = fold_batchnorm(m, x)
+    assert n == 1 and isinstance(folded.bn, nn.Identity) and isinstance(folded.side, nn.BatchNorm2d)
+    assert isinstance(m.bn, nn.BatchNorm2d)  # the original is untouched
+    with torch.no_grad():
+        a, b = m(x), folded(x)
+    assert (a - b).abs().max() < 1e-4 or ((a - b).abs() > 1e-4).float().mean() < 0.01
+
+
+def test_optimized_spikeyolo_matches_plain_path():
+    from tasks.detection.spikeyolo import build_spikeyolo
+
+    torch.manual_seed(0)
+    m = _randomise(build_spikeyolo((0.33, 0.0625, 1024), nc=3))
+    x = torch.rand(1, 3, 96, 128)
+    _, n = fold_batchnorm(m, x)
+    assert n > 40  # every conv -> BN of the network (BNAndPad keeps its own)
+    fast = optimize_for_inference(m, x)
+    with torch.no_grad():
+        (ya, _), (yb, _) = m(x), fast(x.contiguous(memory_format=torch.channels_last))
+    cls_a, cls_b = ya[:, 4:], yb[:, 4:]
+    assert (cls_a - cls_b).abs().max() < 1e-3  # class scores: unchanged up to rare rounding flips
+    assert ((ya - yb).abs() > 1e-3).float().mean() < 0.05

@@ -1,0 +1,118 @@
+"""Inference-time rewrites that keep outputs equal: BN folding and channels_last.
+
+``fold_batchnorm(model, *example)`` finds every BatchNorm whose input is the
+output of a convolution (found by running the example once and matching the
+tensors that flow between layers, so it works on any model without a graph
+tracer), folds the BN's running statistics into that conv's weight and bias,
+and removes the BN (unless the BN's parent module sets ``keeps_batchnorm = True``
+because it reads the statistics itself). It then checks the folded model against the original on
+the example and refuses (restoring nothing half-done) if they disagree.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from spikingjelly.activation_based import functional
+from torch import nn
+
+from .errors import ZooError
+
+
+def _conv_bn_pairs(model: nn.Module, *example) -> list[tuple[str, str, torch.Tensor]]:
+    """(conv, bn, the conv's input on the example) for every BN fed only by one conv's output."""
+    produced: dict[int, tuple[str, torch.Tensor]] = {}
+    pairs: dict[str, set] = {}
+    consumers: dict[int, int] = {}
+    inputs: dict[str, torch.Tensor] = {}
+    hooks = []
+    names = {m: n for n, m in model.named_modules()}
+
+    def conv_hook(m, args, out):
+        produced[id(out)] = (names[m], out)  # keep the tensor alive so its id stays unique
+        inputs[names[m]] = args[0]
+
+    def any_pre_hook(m, args):
+        for a in args:
+            if isinstance(a, torch.Tensor) and id(a) in produced:
+                consumers[id(a)] = consumers.get(id(a), 0) + 1
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    pairs.setdefault(names[m], set()).add(produced[id(a)][0])
+                else:
+                    pairs.setdefault(names[m], set()).add(None)
+
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            hooks.append(m.register_forward_hook(conv_hook))
+        if not list(m.children()):  # leaves consume tensors
+            hooks.append(m.register_forward_pre_hook(any_pre_hook))
+    try:
+        functional.reset_net(model)
+        with torch.no_grad():
+            model(*example)
+    finally:
+        for h in hooks:
+            h.remove()
+        functional.reset_net(model)
+    out = []
+    modules = dict(model.named_modules())
+    for bn_name, sources in pairs.items():
+        if len(sources) != 1 or None in sources:
+            continue
+        parent = modules[bn_name.rpartition(".")[0]] if "." in bn_name else model
+        if getattr(parent, "keeps_batchnorm", False):  # the parent reads the BN's statistics itself
+            continue
+        conv_name = next(iter(sources))
+        if sum(1 for v in pairs.values() if conv_name in v) == 1:  # the conv feeds this BN only
+            out.append((conv_name, bn_name, inputs[conv_name]))
+    return out
+
+
+@torch.no_grad()
+def _fold(conv: nn.Conv2d, bn: nn.modules.batchnorm._BatchNorm) -> None:
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    conv.weight.mul_(scale.view(-1, 1, 1, 1))
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    new_bias = (bias - bn.running_mean) * scale + bn.bias
+    conv.bias = nn.Parameter(new_bias)
+
+
+def fold_batchnorm(model: nn.Module, *example, rtol: float = 1e-4) -> tuple[nn.Module, int]:
+    """A copy of ``model`` (eval) with conv->BN pairs folded; returns ``(model, pairs_folded)``.
+
+    Each fold is checked layer by layer on the example's activations: the folded
+    conv must reproduce ``bn(conv(x))`` to ``rtol`` of its range. (Whole-model
+    outputs of a spiking model may differ more: a last-bit change that moves a
+    membrane potential across a rounding boundary changes one count.)
+    """
+    model = copy.deepcopy(model).eval()
+    pairs = _conv_bn_pairs(model, *example)
+    modules = dict(model.named_modules())
+    with torch.no_grad():
+        for conv_name, bn_name, x in pairs:
+            conv, bn = modules[conv_name], modules[bn_name]
+            reference = bn(conv(x))
+            _fold(conv, bn)
+            diff = float((conv(x) - reference).abs().max())
+            if diff > rtol * max(float(reference.abs().max()), 1.0):
+                raise ZooError(f"folding {bn_name} into {conv_name} changed its output by {diff:.3g}; cannot fold this model")
+            parent_name, _, attr = bn_name.rpartition(".")
+            setattr(modules[parent_name] if parent_name else model, attr, nn.Identity())
+    return model, len(pairs)
+
+
+def _max_diff(a, b) -> float:
+    if isinstance(a, torch.Tensor):
+        return float((a - b).abs().max()) if a.numel() else 0.0
+    if isinstance(a, (list, tuple)):
+        return max([_max_diff(x, y) for x, y in zip(a, b)] + [0.0])
+    return 0.0
+
+
+def optimize_for_inference(model: nn.Module, *example, channels_last: bool = True) -> nn.Module:
+    """BN folded, weights in channels_last (outputs equal to ``model``'s, checked on ``example``)."""
+    fast, _ = fold_batchnorm(model, *example)
+    if channels_last:
+        fast = fast.to(memory_format=torch.channels_last)
+    return fast
