@@ -1,0 +1,895 @@
+"""TDE: Temporal Dynamics Enhancer for directly trained spiking object detectors.
+
+Luo et al., "Temporal Dynamics Enhancer for Directly Trained Spiking Object
+Detectors", AAAI 2026 (arXiv 2512.02447); official code: github.com/Mortal825/TDE,
+a fork of SpikeYOLO on ultralytics 8.0.197 (AGPL-3.0 per its setup.py; the
+repository has no LICENSE file).
+
+An independent re-implementation written from the released configs
+(``config/*_yolov8.yaml``) and modules (``yolo_spikformer.py``,
+``nn/modules/Attention.py``, ``nn/tasks.py``); no official code is used. The
+SpikeYOLO blocks come from :mod:`tasks.detection.spikeyolo` with a different
+neuron; every sub-module has the official attribute name, so an official state
+dict (``model.N...`` plus the four ``attention_i`` buffers) loads as it is.
+
+What TDE adds to SpikeYOLO
+--------------------------
+* **Neuron** (:class:`BinaryLIF`, official ``mem_update`` + ``MultiSpike1``):
+  binary spikes, soft reset by *half* a spike, decay 0.25, ``T = 4``.
+* **Spiking Encoder (SE)** (:class:`SpikingEncoder`, ``Diff_GetT``): replaces
+  ``MS_GetT`` + the first ``MS_DownSampling``: ``base = ReLU(BN(conv7x7/4(img)))``,
+  then per step ``cur = base + G_t(cur)`` with ``G_t(z) = z + ReLU(BN(conv3x3(z)))``
+  (one ``G_t`` per step), so every time step gets a different stimulus.
+* **Attention Gating Module (AGM)** (:class:`GatedSpikingEncoder`,
+  ``Co_Diff_GetT``): ``cur = alpha_base * base * (1 - a_t) + alpha_current *
+  G_t(cur) * a_t`` with learnable scalars and a gate ``a_t`` (one number per time
+  step) taken from the temporal attention of the three output blocks of the
+  *previous* forward passes (see "AGM state" below).
+* **Attention**: baseline :class:`TCSA` (CBAM-like, sigmoid gates over time,
+  channel and space) and the **Spike-Driven Attention** :class:`SpikeTCSA`
+  (``Spike_TCSA``): each branch max-pools, fires a top-90 % spike map
+  (:class:`TopKSpike`), applies a 1x1 (3x3 for space) conv and gives both a
+  binary spike map and the float map; ``out = x + (ta_s*sa_f*ca_s +
+  ta_s*ca_f*sa_s + sa_s*ta_f*ca_s) / 3``: every float map is only masked by spikes.
+* **Head** :class:`SpikeDetectTD` (``SpikeDetect_TD``): the SpikeYOLO head with a
+  learned ``Linear(T, 1)`` time decoder instead of the mean over T.
+
+Configurations (``build_tde(config=...)``), exactly as the released YAMLs
+----------------------------------------------------------------------------
+================  ===========  ===============================  ============
+config            encoder      attention (blocks)               head
+================  ===========  ===============================  ============
+``snn``           repeat x T   none                             mean over T
+``SE``            SE           none                             Linear T->1
+``TCSA``          repeat x T   TCSA after residual, 5 neck      mean over T
+``SDA``           repeat x T   SDA after residual, 5 neck       mean over T
+``TCSA+SE``       SE           TCSA after residual, 3 outputs   mean over T
+``SDA+SE``        SE           SDA after residual, 3 outputs    mean over T
+``TDE(TCSA)``     SE           TCSA on MLP branch, 3 outputs    mean over T
+``TDE(SDA)``      SE + AGM     SDA on MLP branch, 3 outputs     Linear T->1
+================  ===========  ===============================  ============
+
+"5 neck" = layers 12, 16, 19, 22, 25 (``att_MS_*`` blocks); "3 outputs" = the
+blocks feeding the head (``att_MS_*`` for +SE, ``Att_MS_*`` for TDE; the latter
+put attention on the MLP branch, ``x + att(mlp(x))``, the former after the
+residual, ``att(x + mlp(x))``). Note: the released ``TDE(TCSA)`` config uses the
+ungated ``Diff_GetT`` encoder, so its AGM has no effect; only ``TDE(SDA)`` is
+gated. With the SE encoder the layer indices shift down by one (26 layers,
+outputs 18, 21, 24, head 25) as in the YAMLs. ``train.py`` loads
+``*_yolov8s.yaml``, i.e. scale ``s`` [0.33, 0.5, 1024].
+
+AGM state (official ``DetectionModel._predict_once``)
+-----------------------------------------------------
+The gate is *model* state carried across forward passes, not neuron state:
+after each forward the three output blocks leave ``S = sum_b mean_batch(ta_b) / 3``
+(their temporal attention, batch-averaged; for SDA the float ``ta``). The next
+forward appends the previous ``S`` to a history of at most 10 entries
+(initially ``S = [1] * T``) and uses as gate: during the first 10 forwards the
+previous ``S`` itself (ones for the very first), afterwards the mean of the
+last 10 ``S`` (written to the ``attention_0..T-1`` buffers, the only part of the
+state the checkpoint's state dict holds), in training and eval alike. This
+model reproduces that exactly (:meth:`TDE.agm_gate` shows the next gate). The
+neuron reset (``functional.reset_net``, which the model runs before every
+forward, as ``neurons.auto_reset`` and ``neurons.check_equivalence`` do)
+resets membranes only: the AGM history lives in plain buffers of the model,
+not in neuron memories, so it survives it. Choices made here:
+
+* a freshly built model starts from the official fresh state (the official
+  constructor also runs two stride-probing forwards on zeros, which advance the
+  history; that is not reproduced);
+* ``load_state_dict`` restores ``attention_i`` and primes the history with it
+  (10 copies, ``S = attention``), so the first forward after loading uses
+  exactly the checkpoint's gate and later forwards keep averaging as the
+  official code does. (The official pickled checkpoint also carries its deque,
+  the attention of the last training / validation batches, which is not in the
+  state dict, so the first <= 10 forwards after loading can differ slightly
+  from the pickled official model.) :meth:`TDE.reset_agm` returns to the fresh
+  state;
+* ``model.agm_update = False`` freezes the gate (the one the next forward
+  would use) and stops updating it: deterministic outputs that do not depend
+  on earlier inputs, e.g. for spike-driven vs integer checks.
+
+Like the official code, the gate and SDA's top-k thresholds depend on the
+whole batch (one top-k over the batch tensor; one gate per batch).
+
+Spike-driven mode: every conv fed by a neuron (including SDA's 1x1 / 3x3 convs
+after the top-k spikes) is a :mod:`neurons` synapse, so ``neurons.to_spike_driven``
+works. Real-valued by design (as in the paper): the encoder (image convs and
+``G_t``), TCSA's sigmoid MLPs, SDA's spike-masked float maps and the time decoder.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from spikingjelly.activation_based import functional
+from torch import nn
+
+import neurons
+from neurons.nodes import Levels, _CountNeuron, _count_ste, _StatefulCountNeuron
+from neurons.synapse import _SpikeConvNd
+from zoo.errors import WeightsError, ZooError
+from zoo.registry import register
+
+from .spikeyolo import (
+    SCALES, Concat, GetT, MS_AllConvBlock, MS_ConvBlock, MS_DownSampling, MS_StandardConv, SpikeDetect,
+    SpikeSPPF, _make_divisible, _repeats, _stack, batch_norm, per_step,
+)
+
+__all__ = [
+    "CONFIGS", "TDEConfig", "TDE", "build_tde", "from_official", "infer_config",
+    "BinaryLIF", "TopKSpike", "SpikeConv3d", "TemporalStep", "SpikingEncoder", "GatedSpikingEncoder",
+    "TimeAttention", "ChannelAttention", "SpatialAttention", "TCSA",
+    "SpikeTimeAttention", "SpikeChannelAttention", "SpikeSpatialAttention", "SpikeTCSA",
+    "AttMSConvBlock", "AttMSAllConvBlock", "TimeDecoder", "SpikeDetectTD",
+]
+
+AGM_HISTORY = 10  # the official deque(maxlen=10)
+
+
+# --------------------------------------------------------------------------- neurons and synapses
+
+
+class BinaryLIF(_StatefulCountNeuron):
+    r"""TDE's binary LIF neuron (soft reset by half a spike).
+
+    .. math::
+        H[t] = \beta\,(H[t-1] - r\,S[t-1]) + X[t], \qquad H[0] = X[0]
+
+        S[t] = \operatorname{round}(\operatorname{clip}(H[t], 0, 1))
+
+    with decay :math:`\beta = 0.25`, reset :math:`r = 0.5` (the spike is
+    detached in the reset path; :math:`H[t-1]` is not), ``torch.round``
+    (ties to even: :math:`H = 0.5` does not fire, so the threshold is
+    :math:`H > 0.5`). Backward: straight-through, zero where
+    :math:`H[t] \notin [0, 1]`. ``D`` is the clip level (1: binary).
+
+    Source: Luo et al., "Temporal Dynamics Enhancer for Directly Trained
+    Spiking Object Detectors", AAAI 2026 (arXiv 2512.02447), Mortal825/TDE
+    ``yolo_spikformer.py`` (``mem_update`` + ``MultiSpike1``).
+    """
+
+    def __init__(self, decay: float = 0.25, reset_by: float = 0.5, D: int = 1, step_mode: str = "m"):
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"decay must be in [0, 1), got {decay}")
+        super().__init__(step_mode)
+        self.levels = Levels(D=int(D))
+        self.decay = float(decay)
+        self.reset_by = float(reset_by)
+
+    def step(self, x, v):
+        h = v + x
+        s = _count_ste(h, 0.0, self.D)
+        return s, (h - s.detach() * self.reset_by) * self.decay
+
+    def extra_repr(self) -> str:
+        return f"D={self.D}, decay={self.decay:g}, reset_by={self.reset_by:g}, step_mode={self.step_mode}"
+
+
+class TopKSpike(_CountNeuron, nn.Module):
+    """SDA's first neuron (official ``nomem_update``): a spike wherever the input is among its top ``ratio``.
+
+    ``k = int(numel * ratio)`` over the *whole* tensor (batch included); spike
+    where ``x >= `` the k-th largest value. Stateless, binary, no gradient
+    (the official ``detach=True``).
+    """
+
+    def __init__(self, ratio: float = 0.9):
+        super().__init__()
+        self.ratio = float(ratio)
+        self.levels = Levels(D=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.detach().reshape(-1)
+        k = int(flat.numel() * self.ratio)
+        if k == 0:
+            return torch.zeros_like(x)
+        threshold = torch.topk(flat, k).values[-1]
+        return (x.detach() >= threshold).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"ratio={self.ratio:g}"
+
+
+class SpikeConv3d(_SpikeConvNd, nn.Conv3d):
+    """``nn.Conv3d`` fed by a count neuron (SDA's 1x1x1 convs); see :mod:`neurons.synapse`."""
+
+    def __init__(self, *args, source=None, **kwargs):
+        nn.Conv3d.__init__(self, *args, **kwargs)
+        self._init_synapse(source)
+
+
+# --------------------------------------------------------------------------- spiking encoder (SE) and AGM
+
+
+class TemporalStep(nn.Module):
+    """``G_t(z) = z + ReLU(BN(conv3x3(z)))`` (official ``generate_T``)."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.encode_conv = nn.Conv2d(c, c, 3, 1, 1)
+        self.encode_bn = batch_norm(c)
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        return x + self.act(self.encode_bn(self.encode_conv(x)))
+
+
+class SpikingEncoder(nn.Module):
+    """SE (``Diff_GetT``): image ``[B, 3, H, W]`` -> ``[T, B, C, H/4, W/4]``, a different stimulus per step.
+
+    ``base = ReLU(BN(conv kxk stride s(img)))``; ``cur_0 = base``;
+    ``cur_t = base + G_t(cur_{t-1})``; output ``[cur_1 .. cur_T]``.
+    """
+
+    def __init__(self, c1: int, c2: int, k: int, s: int, p: int, T: int):
+        super().__init__()
+        self.T = int(T)
+        self.time_modules = nn.ModuleList(TemporalStep(c2) for _ in range(self.T))
+        self.encode_conv = nn.Conv2d(c1, c2, k, s, p)
+        self.encode_bn = batch_norm(c2)
+        self.act = nn.ReLU(inplace=True)
+
+    def base(self, x):
+        return self.act(self.encode_bn(self.encode_conv(x)))
+
+    def forward(self, x):
+        base = self.base(x)
+        cur, outs = base, []
+        for step in self.time_modules:
+            cur = base + step(cur)
+            outs.append(cur)
+        return torch.stack(outs)
+
+
+class GatedSpikingEncoder(SpikingEncoder):
+    """SE + AGM (``Co_Diff_GetT``): ``cur_t = alpha_base*base*(1 - a_t) + alpha_current*G_t(cur_{t-1})*a_t``.
+
+    ``gate`` = ``[a_1 .. a_T]``, a tensor of T numbers supplied by :class:`TDE`.
+    """
+
+    def __init__(self, c1: int, c2: int, k: int, s: int, p: int, T: int):
+        super().__init__(c1, c2, k, s, p, T)
+        self.alpha_base = nn.Parameter(torch.tensor(1.0))
+        self.alpha_current = nn.Parameter(torch.tensor(1.0))
+
+    def forward(self, x, gate: torch.Tensor):
+        base = self.base(x)
+        gate = gate.to(base.device)
+        cur, outs = base, []
+        for t, step in enumerate(self.time_modules):
+            cur = step(cur)
+            a = gate[t]
+            cur = self.alpha_base * base * (1 - a) + self.alpha_current * cur * a
+            outs.append(cur)
+        return torch.stack(outs)
+
+
+# --------------------------------------------------------------------------- attention: TCSA (baseline) and SDA
+
+
+def _bt(x):  # [T, B, C, H, W] <-> [B, T, C, H, W]
+    return x.transpose(0, 1)
+
+
+class TimeAttention(nn.Module):
+    """TCSA's time branch: CBAM channel attention with T as the channels, MLP ``T -> T*ratio -> T``.
+
+    Input ``[B, T, C, H, W]``; output ``[B, T, 1, 1, 1]`` in (0, 1).
+    """
+
+    def __init__(self, T: int, ratio: int = 16):
+        super().__init__()
+        self.sharedMLP = nn.Sequential(
+            nn.Conv3d(T, T * ratio, 1, bias=False), nn.ReLU(inplace=True), nn.Conv3d(T * ratio, T, 1, bias=False)
+        )
+
+    def forward(self, x):
+        return torch.sigmoid(self.sharedMLP(F.adaptive_avg_pool3d(x, 1)) + self.sharedMLP(F.adaptive_max_pool3d(x, 1)))
+
+
+class ChannelAttention(nn.Module):
+    """TCSA's channel branch: CBAM channel attention pooled over T, H, W, MLP ``C -> C/ratio -> C``.
+
+    Input ``[B, T, C, H, W]``; output ``[B, 1, C, 1, 1]``.
+    """
+
+    def __init__(self, c: int, ratio: int = 16):
+        super().__init__()
+        self.sharedMLP = nn.Sequential(
+            nn.Conv3d(c, c // ratio, 1, bias=False), nn.ReLU(inplace=True), nn.Conv3d(c // ratio, c, 1, bias=False)
+        )
+
+    def forward(self, x):
+        x = x.transpose(1, 2)  # [B, C, T, H, W]
+        out = torch.sigmoid(self.sharedMLP(F.adaptive_avg_pool3d(x, 1)) + self.sharedMLP(F.adaptive_max_pool3d(x, 1)))
+        return out.transpose(1, 2)
+
+
+class SpatialAttention(nn.Module):
+    """TCSA's spatial branch: mean and max over (T, C), 3x3 conv, sigmoid. Output ``[B, 1, 1, H, W]``."""
+
+    def __init__(self, kernel_size: int = 3):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=False)
+
+    def forward(self, x):
+        x = x.flatten(1, 2)
+        pooled = torch.cat([x.mean(dim=1, keepdim=True), x.max(dim=1, keepdim=True)[0]], dim=1)
+        return torch.sigmoid(self.conv(pooled).unsqueeze(1))
+
+
+class TCSA(nn.Module):
+    """Baseline time-channel-spatial attention: ``ReLU(sa * (ca * (ta * x)))``, applied in sequence.
+
+    Input / output ``[T, B, C, H, W]``; also returns ``ta`` ``[B, T, 1, 1, 1]``.
+    """
+
+    def __init__(self, T: int, c: int, c_ratio: int = 16, t_ratio: int = 16):
+        super().__init__()
+        self.ca = ChannelAttention(c, c_ratio)
+        self.ta = TimeAttention(T, t_ratio)
+        self.sa = SpatialAttention()
+
+    def forward(self, x):
+        x = _bt(x)
+        ta = self.ta(x)
+        out = ta * x
+        out = self.ca(out) * out
+        out = self.sa(out) * out
+        return _bt(torch.relu(out)), ta
+
+
+class _SpikeBranch(nn.Module):
+    """top-k spikes -> conv -> (binary spikes, float map)."""
+
+    def _fire(self, pooled, conv):
+        f = conv(self.lif1(pooled))
+        return self.lif2(f), f
+
+
+class SpikeTimeAttention(_SpikeBranch):
+    """SDA's time branch: max over (C, H, W) -> top-k spikes -> 1x1 conv ``T -> T``. Outputs ``[B, T, 1, 1, 1]``."""
+
+    def __init__(self, T: int):
+        super().__init__()
+        self.lif1 = TopKSpike(0.9)
+        self.lif2 = neurons.MultiSpike(D=1)
+        self.conv1 = SpikeConv3d(T, T, 1, bias=False, source=self.lif1)
+
+    def forward(self, x):
+        return self._fire(F.adaptive_max_pool3d(x, 1), self.conv1)
+
+
+class SpikeChannelAttention(_SpikeBranch):
+    """SDA's channel branch: max over (T, H, W) -> top-k spikes -> 1x1 conv ``C -> C``. Outputs ``[B, 1, C, 1, 1]``."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.lif1 = TopKSpike(0.9)
+        self.lif2 = neurons.MultiSpike(D=1)
+        self.conv1 = SpikeConv3d(c, c, 1, bias=False, source=self.lif1)
+
+    def forward(self, x):
+        spikes, floats = self._fire(F.adaptive_max_pool3d(x.transpose(1, 2), 1), self.conv1)
+        return spikes.transpose(1, 2), floats.transpose(1, 2)
+
+
+class SpikeSpatialAttention(_SpikeBranch):
+    """SDA's spatial branch: max over (T, C) -> top-k spikes -> 3x3 conv ``1 -> 1``. Outputs ``[B, 1, 1, H, W]``."""
+
+    def __init__(self, kernel_size: int = 3):
+        super().__init__()
+        self.lif1 = TopKSpike(0.9)
+        self.lif2 = neurons.MultiSpike(D=1)
+        self.conv = neurons.SpikeConv2d(1, 1, kernel_size, padding=kernel_size // 2, bias=False, source=self.lif1)
+
+    def forward(self, x):
+        spikes, floats = self._fire(x.flatten(1, 2).max(dim=1, keepdim=True)[0], self.conv)
+        return spikes.unsqueeze(1), floats.unsqueeze(1)
+
+
+class SpikeTCSA(nn.Module):
+    """SDA (``Spike_TCSA``): ``x + (ta_s*sa_f*ca_s + ta_s*ca_f*sa_s + sa_s*ta_f*ca_s) / 3``.
+
+    Input / output ``[T, B, C, H, W]``; also returns the float ``ta`` ``[B, T, 1, 1, 1]``.
+    """
+
+    def __init__(self, T: int, c: int):
+        super().__init__()
+        self.ca = SpikeChannelAttention(c)
+        self.ta = SpikeTimeAttention(T)
+        self.sa = SpikeSpatialAttention()
+
+    def forward(self, x):
+        x = _bt(x)
+        ta_s, ta_f = self.ta(x)
+        ca_s, ca_f = self.ca(x)
+        sa_s, sa_f = self.sa(x)
+        att = ta_s * sa_f * ca_s + ta_s * ca_f * sa_s + sa_s * ta_f * ca_s
+        return _bt(x + att / 3), ta_f
+
+
+def _attention(kind: str, T: int, c: int) -> nn.Module:
+    return TCSA(T, c) if kind == "tcsa" else SpikeTCSA(T, c)
+
+
+class AttMSConvBlock(MS_ConvBlock):
+    """MS_ConvBlock with attention. ``branch=True`` (``Att_MS_ConvBlock``): ``x + att(mlp(x))``;
+    ``branch=False`` (``att_MS_ConvBlock``): ``att(x + mlp(x))``. Returns ``(out, ta)``."""
+
+    def __init__(self, dim: int, mlp_ratio: int, kernel_size: int, neuron, att: str, T: int, branch: bool):
+        super().__init__(dim, mlp_ratio, kernel_size, neuron)
+        self.att = _attention(att, T, dim)
+        self.branch = branch
+
+    def mlp(self, x):
+        y = per_step(lambda z: self.bn1(self.conv1(z)), self.lif1(x))
+        return per_step(lambda z: self.bn2(self.conv2(z)), self.lif2(y))
+
+    def forward(self, x):
+        x = self.Conv(x) + x
+        if self.branch:
+            y, ta = self.att(self.mlp(x))
+            return x + y, ta
+        return self.att(x + self.mlp(x))
+
+
+class AttMSAllConvBlock(MS_AllConvBlock):
+    """MS_AllConvBlock with attention (``Att_MS_AllConvBlock`` / ``att_MS_AllConvBlock``);
+    see :class:`AttMSConvBlock`."""
+
+    def __init__(self, dim: int, mlp_ratio: int, kernel_size: int, neuron, att: str, T: int, branch: bool):
+        super().__init__(dim, mlp_ratio, kernel_size, neuron)
+        self.att = _attention(att, T, dim)
+        self.branch = branch
+
+    def forward(self, x):
+        x = self.Conv(x) + x
+        y = self.conv2(self.conv1(x))
+        if self.branch:
+            y, ta = self.att(y)
+            return x + y, ta
+        return self.att(x + y)
+
+
+# --------------------------------------------------------------------------- head
+
+
+class TimeDecoder(nn.Module):
+    """``Linear(T, 1)`` over the time axis: ``[T, B, C, H, W]`` -> ``[B, C, H, W]`` (init: weights 0.25, bias 0)."""
+
+    def __init__(self, T: int):
+        super().__init__()
+        self.fc = nn.Linear(T, 1)
+        nn.init.constant_(self.fc.weight, 0.25)
+        nn.init.constant_(self.fc.bias, 0.0)
+
+    def forward(self, x):
+        T, B, C, H, W = x.shape
+        return self.fc(x.permute(1, 2, 3, 4, 0).flatten(0, -2)).view(B, C, H, W)
+
+
+class SpikeDetectTD(SpikeDetect):
+    """SpikeYOLO's head with a learned time decoder (``SpikeDetect_TD``) instead of the mean over T."""
+
+    def __init__(self, nc: int, ch, neuron, T: int, reg_max: int = 16):
+        super().__init__(nc, ch, neuron, reg_max)
+        self.td = TimeDecoder(T)
+
+    def forward(self, xs):
+        raw = [self.td(torch.cat((self.cv2[i](x), self.cv3[i](x)), 2)) for i, x in enumerate(xs)]
+        if self.training:
+            return raw
+        return self.decode(raw), raw
+
+
+# --------------------------------------------------------------------------- the model
+
+
+@dataclass(frozen=True)
+class _Layout:
+    encoder: str  # "repeat" (MS_GetT + MS_DownSampling), "se" (Diff_GetT), "agm" (Co_Diff_GetT)
+    att: str | None  # None, "tcsa", "sda"
+    where: str = ""  # "neck": 5 att_ blocks after the residual; "out": 3 att_ blocks; "tde": 3 Att_ blocks (branch)
+    td_head: bool = False  # SpikeDetect_TD (Linear T->1) instead of the mean over T
+
+
+CONFIGS = {
+    "snn": _Layout("repeat", None),
+    "SE": _Layout("se", None, td_head=True),
+    "TCSA": _Layout("repeat", "tcsa", "neck"),
+    "SDA": _Layout("repeat", "sda", "neck"),
+    "TCSA+SE": _Layout("se", "tcsa", "out"),
+    "SDA+SE": _Layout("se", "sda", "out"),
+    "TDE(TCSA)": _Layout("se", "tcsa", "tde"),
+    "TDE(SDA)": _Layout("agm", "sda", "tde", td_head=True),
+}
+
+
+@dataclass(frozen=True)
+class TDEConfig:
+    config: str = "TDE(SDA)"
+    depth: float = 0.33
+    width: float = 0.5
+    max_ch: int = 1024
+    nc: int = 20
+    T: int = 4
+    repeats: tuple[int, int, int, int] | None = None  # backbone blocks (SE-layout layers 1, 3, 5, 7); None: from depth
+
+    @property
+    def layout(self) -> _Layout:
+        return CONFIGS[self.config]
+
+    def block_repeats(self) -> tuple[int, int, int, int]:
+        if self.repeats is not None:
+            return tuple(self.repeats)
+        return tuple(_repeats(n, self.depth) for n in (3, 6, 9, 3))
+
+
+class TDE(nn.Module):
+    """A TDE detector (any of the released ablation configs). Input: float images ``[B, 3, H, W]`` in
+    [0, 1], H and W multiples of 32. Output: as :class:`tasks.detection.spikeyolo.SpikeDetect`.
+
+    Neuron state is reset at the start of every forward; the AGM gate is model
+    state that persists across forwards (module docstring).
+    """
+
+    def __init__(self, cfg: TDEConfig = TDEConfig()):
+        super().__init__()
+        if cfg.config not in CONFIGS:
+            raise ZooError(f"unknown TDE config {cfg.config!r}; configs are {', '.join(CONFIGS)}")
+        self.cfg = cfg
+        lay, T = cfg.layout, int(cfg.T)
+        neuron = BinaryLIF
+        w, mc = cfg.width, cfg.max_ch
+        ds = lambda c: int(c * w)  # noqa: E731
+        std = lambda c: min(int(c * w), int(mc * w))  # noqa: E731
+        n1, n3, n5, n7 = cfg.block_repeats()
+
+        c1, c3, c5, c7 = ds(128), ds(256), ds(512), ds(1024)
+        c8 = _make_divisible(min(1024, mc) * w)
+        c9 = std(512)
+        c12 = c9 + c5
+        c13 = std(256)
+        c16 = c13 + c3
+        c17 = std(256)
+        c19 = std(256)
+        c20 = c19 + c13
+        c22 = std(512)
+        c23 = c22 + c9
+        up = lambda: nn.Upsample(scale_factor=(1, 2, 2), mode="nearest")  # noqa: E731
+
+        def block(kind, c, ratio, where):
+            """A neck/output block: plain, or with attention if this config puts it here."""
+            plain = MS_ConvBlock if kind == "conv" else MS_AllConvBlock
+            att = AttMSConvBlock if kind == "conv" else AttMSAllConvBlock
+            targets = {"neck": ("neck", "out"), "out": ("out",), "tde": ("out",)}.get(lay.where, ())
+            if lay.att is None or where not in targets:
+                return plain(c, ratio, 7, neuron)
+            return att(c, ratio, 7, neuron, lay.att, T, branch=lay.where == "tde")
+
+        if lay.encoder == "repeat":
+            stem = [GetT(T), MS_DownSampling(3, c1, 7, 4, 2, True, neuron)]
+        elif lay.encoder == "se":
+            stem = [SpikingEncoder(3, c1, 7, 4, 2, T)]
+        else:
+            stem = [GatedSpikingEncoder(3, c1, 7, 4, 2, T)]
+        self._o = len(stem) - 1  # index offset of the MS_GetT layouts
+        head = SpikeDetectTD if lay.td_head else SpikeDetect
+        head_args = dict(T=T) if lay.td_head else {}
+        self.model = nn.ModuleList(stem + [
+            _stack([MS_AllConvBlock(c1, 4, 7, neuron) for _ in range(n1)]),   # 1   (SE-layout index)
+            MS_DownSampling(c1, c3, 3, 2, 1, False, neuron),                   # 2
+            _stack([MS_AllConvBlock(c3, 4, 7, neuron) for _ in range(n3)]),   # 3   P3
+            MS_DownSampling(c3, c5, 3, 2, 1, False, neuron),                   # 4
+            _stack([MS_ConvBlock(c5, 3, 7, neuron) for _ in range(n5)]),      # 5   P4
+            MS_DownSampling(c5, c7, 3, 2, 1, False, neuron),                   # 6
+            _stack([MS_ConvBlock(c7, 2, 7, neuron) for _ in range(n7)]),      # 7
+            SpikeSPPF(c7, c8, 5, neuron),                                      # 8   P5
+            MS_StandardConv(c8, c9, 1, 1, neuron),                             # 9
+            up(),                                                              # 10
+            block("conv", c9, 3, "neck"),                                      # 11
+            Concat(),                                                          # 12  (11, 5)
+            MS_StandardConv(c12, c13, 1, 1, neuron),                           # 13
+            up(),                                                              # 14
+            block("all", c13, 4, "neck"),                                      # 15
+            Concat(),                                                          # 16  (15, 3)
+            MS_StandardConv(c16, c17, 1, 1, neuron),                           # 17
+            block("all", c17, 4, "out"),                                       # 18  -> P3 out
+            MS_StandardConv(c17, c19, 3, 2, neuron),                           # 19
+            Concat(),                                                          # 20  (19, 13)
+            block("conv", c20, 3, "out"),                                      # 21  -> P4 out
+            MS_StandardConv(c20, c22, 3, 2, neuron),                           # 22
+            Concat(),                                                          # 23  (22, 9)
+            block("conv", c23, 1, "out"),                                      # 24  -> P5 out
+            head(cfg.nc, (c17, c20, c23), neuron, **head_args),                # 25
+        ])
+        # AGM: the official DetectionModel's buffers (state-dict keys attention_0 ..) and its running history
+        for i in range(T):
+            self.register_buffer(f"attention_{i}", torch.tensor(1.0))
+        # fixed-size buffers updated in place (safe under DDP buffer broadcasting and .to())
+        self.register_buffer("_agm_history", torch.zeros(AGM_HISTORY, T), persistent=False)
+        self.register_buffer("_agm_count", torch.zeros((), dtype=torch.long), persistent=False)
+        self.register_buffer("_agm_last", torch.ones(T), persistent=False)
+        self.agm_update = True
+        self.register_load_state_dict_post_hook(TDE._after_load)
+
+    # ----------------------------------------------------------------- AGM state
+
+    @property
+    def gated(self) -> bool:
+        return self.cfg.layout.encoder == "agm"
+
+    def _attention_buffers(self) -> list[torch.Tensor]:
+        return [getattr(self, f"attention_{i}") for i in range(self.cfg.T)]
+
+    def reset_agm(self) -> None:
+        """Back to the state of a fresh official model: empty history, last attention = ones."""
+        with torch.no_grad():
+            self._agm_history.zero_()
+            self._agm_count.zero_()
+            self._agm_last.fill_(1.0)
+
+    @torch.no_grad()
+    def prime_agm(self) -> None:
+        """Fill the history from the ``attention_i`` buffers (as after loading a checkpoint)."""
+        gate = torch.stack([b.detach() for b in self._attention_buffers()]).to(self._agm_last)
+        self._agm_history.copy_(gate.expand(AGM_HISTORY, -1))
+        self._agm_count.fill_(AGM_HISTORY)
+        self._agm_last.copy_(gate)
+
+    @staticmethod
+    def _after_load(module, incompatible_keys) -> None:
+        if module.gated:
+            module.prime_agm()
+
+    @torch.no_grad()
+    def agm_gate(self, advance: bool = False) -> torch.Tensor:
+        """The gate ``[a_1 .. a_T]`` the next forward uses; ``advance`` moves the history on, as a forward does."""
+        n, last = int(self._agm_count), self._agm_last
+        if n < AGM_HISTORY:  # warm-up: the previous forward's attention (ones at first), appended to the history
+            gate = last.clone()
+            if advance:
+                self._agm_history[n].copy_(last)
+                self._agm_count += 1
+            return gate
+        history = torch.cat([self._agm_history[1:], last.unsqueeze(0)])  # the deque drops its oldest entry
+        gate = torch.stack([history[:, i].contiguous().mean() for i in range(history.shape[1])])
+        if advance:
+            self._agm_history.copy_(history)
+            for buf, g in zip(self._attention_buffers(), gate):
+                buf.copy_(g)
+        return gate
+
+    @torch.no_grad()
+    def _agm_record(self, tas: list[torch.Tensor]) -> None:
+        """After a forward: the new ``S`` = sum over the output blocks of their batch-mean ``ta`` / 3."""
+        s = torch.zeros_like(self._agm_last)
+        for ta in tas:
+            s += (ta.detach().mean(dim=0).reshape(-1) / len(tas)).to(s)
+        self._agm_last.copy_(s)
+
+    # ----------------------------------------------------------------- forward
+
+    @property
+    def stride(self) -> torch.Tensor:
+        return self.model[-1].stride
+
+    def check_input(self, x) -> None:
+        """Raise :class:`ZooError` (one line) unless ``x`` is a float image batch ``[B, 3, H, W]``."""
+        if not isinstance(x, torch.Tensor):
+            raise ZooError(f"TDE expects a torch.Tensor [B, 3, H, W], got {type(x).__name__}")
+        if x.dim() != 4:
+            raise ZooError(f"TDE expects a [B, 3, H, W] tensor, got {x.dim()} dims {tuple(x.shape)}")
+        if x.shape[1] != 3:
+            raise ZooError(f"TDE expects 3 input channels, got {x.shape[1]} (shape {tuple(x.shape)})")
+        if not x.is_floating_point():
+            raise ZooError(f"TDE expects a float image in [0, 1], got dtype {x.dtype}; use x.float() / 255")
+        h, w = x.shape[-2:]
+        if h % 32 or w % 32 or h == 0 or w == 0:
+            raise ZooError(f"TDE needs H and W to be positive multiples of 32, got {h}x{w}; pad or resize the image")
+
+    def forward(self, x: torch.Tensor):
+        self.check_input(x)
+        functional.reset_net(self)
+        m, o = self.model, self._o
+        tas: list[torch.Tensor] = []
+
+        def run(i, z):
+            out = m[i + o](z)
+            if isinstance(out, tuple):  # an attention block: (features, temporal attention)
+                out, ta = out
+                tas.append(ta)
+            return out
+
+        if self.gated:
+            x = m[0](x, self.agm_gate(advance=self.agm_update))
+        else:
+            x = m[1](m[0](x)) if o else m[0](x)
+        p3 = m[3 + o](m[2 + o](m[1 + o](x)))
+        p4 = m[5 + o](m[4 + o](p3))
+        y9 = m[9 + o](m[8 + o](m[7 + o](m[6 + o](p4))))
+        y = m[12 + o]([run(11, m[10 + o](y9)), p4])
+        y13 = m[13 + o](y)
+        y = m[16 + o]([run(15, m[14 + o](y13)), p3])
+        out_p3 = run(18, m[17 + o](y))
+        out_p4 = run(21, m[20 + o]([m[19 + o](out_p3), y13]))
+        out_p5 = run(24, m[23 + o]([m[22 + o](out_p4), y9]))
+        if self.gated and self.agm_update:
+            self._agm_record(tas)
+        return m[25 + o]([out_p3, out_p4, out_p5])
+
+
+def build_tde(config: str = "TDE(SDA)", scale="s", nc: int = 20, T: int = 4, repeats=None) -> TDE:
+    """Build a TDE detector. ``config``: one of :data:`CONFIGS`; ``scale``: ``'n' | 's' | 'm' | 'l'``
+    or ``(depth, width, max_channels)`` (the release trains ``s``)."""
+    if config not in CONFIGS:
+        raise ZooError(f"unknown TDE config {config!r}; configs are {', '.join(CONFIGS)}")
+    if isinstance(scale, str):
+        if scale not in SCALES:
+            raise ZooError(f"unknown TDE scale {scale!r}; scales are {', '.join(SCALES)} or (depth, width, max_ch)")
+        depth, width, max_ch = SCALES[scale]
+    else:
+        try:
+            depth, width, max_ch = (float(scale[0]), float(scale[1]), int(scale[2]))
+        except (TypeError, ValueError, IndexError):
+            raise ZooError(f"scale must be a name or (depth, width, max_channels), got {scale!r}") from None
+    if int(T) < 1:
+        raise ZooError(f"T must be a positive number of time steps, got {T!r}")
+    cfg = TDEConfig(config=config, depth=depth, width=width, max_ch=max_ch, nc=int(nc), T=int(T),
+                    repeats=tuple(int(r) for r in repeats) if repeats is not None else None)
+    return TDE(cfg)
+
+
+# --------------------------------------------------------------------------- official state dicts
+
+_SHOW = 5
+
+
+def _names(keys) -> str:
+    keys = sorted(keys)
+    more = f" (+{len(keys) - _SHOW} more)" if len(keys) > _SHOW else ""
+    return ", ".join(keys[:_SHOW]) + more
+
+
+def _count(state: dict, layer: int) -> int:
+    pat = re.compile(rf"^model\.{layer}\.(\d+)\.")
+    found = {int(mm.group(1)) for k in state if (mm := pat.match(k))}
+    return max(found) + 1 if found else 1
+
+
+def infer_config(state: dict[str, torch.Tensor]) -> dict:
+    """Builder keywords (``config``, ``scale``, ``nc``, ``T``, ``repeats``) of the TDE a state dict belongs to.
+
+    ``TCSA+SE`` and ``TDE(TCSA)`` have identical keys and shapes (they differ
+    only in where the attention sits); such a state dict is reported as ``TCSA+SE``.
+    """
+    if "model.0.encode_conv.weight" in state:
+        o, encoder = 0, ("agm" if "model.0.alpha_base" in state else "se")
+    elif "model.1.encode_conv.weight" in state:
+        o, encoder = 1, "repeat"
+    else:
+        raise WeightsError("not a TDE state dict: no model.0.encode_conv.weight or model.1.encode_conv.weight")
+    head = 25 + o
+    cls_key = f"model.{head}.cv3.0.2.conv.weight"
+    if cls_key not in state:
+        raise WeightsError(f"not a TDE state dict: missing {cls_key}")
+    if any(".att.ta.conv1." in k for k in state):
+        att = "sda"
+    elif any(".att.ta.sharedMLP." in k for k in state):
+        att = "tcsa"
+    else:
+        att = None
+    td = f"model.{head}.td.fc.weight" in state
+    if encoder == "agm":
+        config = "TDE(SDA)"
+    elif encoder == "repeat":
+        config = {None: "snn", "tcsa": "TCSA", "sda": "SDA"}[att]
+    else:
+        config = {None: "SE", "tcsa": "TCSA+SE", "sda": "SDA+SE"}[att]
+    if encoder == "se" or encoder == "agm":
+        T = sum(1 for k in state if re.match(r"^model\.0\.time_modules\.\d+\.encode_conv\.weight$", k))
+    elif td:
+        T = int(state[f"model.{head}.td.fc.weight"].shape[1])
+    else:
+        T = sum(1 for k in state if re.match(r"^attention_\d+$", k)) or 4
+    c1 = int(state[f"model.{o}.encode_conv.weight"].shape[0])
+    width = c1 / 128
+    c9_key = f"model.{9 + o}.conv.weight"  # MS_StandardConv to min(512 w, max_ch w): reveals a channel cap
+    c9 = int(state[c9_key].shape[0]) if c9_key in state else int(512 * width)
+    max_ch = 1024 if c9 >= int(512 * width) else round(c9 / width)
+    return dict(
+        config=config,
+        scale=(0.33, width, max_ch),
+        nc=int(state[cls_key].shape[0]),
+        T=int(T),
+        repeats=tuple(_count(state, i + o) for i in (1, 3, 5, 7)),
+    )
+
+
+def from_official(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Map an official TDE state dict (``model.N...`` and ``attention_i``) to this zoo's keys (float32), validating it.
+
+    The keys are the official ones; this drops non-tensors and other keys,
+    strips DDP ``module.`` prefixes, casts to float32 and checks that every key
+    and shape fits the TDE config the state dict belongs to (:func:`infer_config`).
+    """
+    if not isinstance(state, dict):
+        raise WeightsError(f"expected a state dict (dict of tensors), got {type(state).__name__}")
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            continue
+        key = key.removeprefix("module.")
+        if not (key.startswith("model.") or re.match(r"^attention_\d+$", key)):
+            continue
+        out[key] = value.detach().to(torch.float32) if value.is_floating_point() else value.detach()
+    cfg = infer_config(out)
+    with torch.device("meta"):
+        expected = build_tde(**cfg).state_dict()
+    missing, unexpected = set(expected) - set(out), set(out) - set(expected)
+    if missing or unexpected:
+        parts = [f"missing {len(missing)} keys: {_names(missing)}" if missing else "",
+                 f"unexpected {len(unexpected)} keys: {_names(unexpected)}" if unexpected else ""]
+        raise WeightsError(f"TDE state dict does not fit the model ({cfg}): " + "; ".join(p for p in parts if p))
+    bad = [f"{k} {tuple(out[k].shape)} != {tuple(v.shape)}" for k, v in expected.items() if out[k].shape != v.shape]
+    if bad:
+        raise WeightsError(f"TDE state dict has {len(bad)} tensors of the wrong shape: {_names(bad)}")
+    return out
+
+
+# --------------------------------------------------------------------------- registry
+
+_PAPER = "Temporal Dynamics Enhancer for Directly Trained Spiking Object Detectors (AAAI 2026)"
+_INPUT = (
+    "RGB image [B, 3, H, W], float in [0, 1], H and W multiples of 32 (the release: 640x640 letterboxed); "
+    "the spiking encoder turns it into T = 4 different stimuli"
+)
+_NOTES = (
+    "TDE(SDA) config (SE + AGM + spike-driven attention, SpikeDetect_TD), scale s [0.33, 0.5, 1024] as train.py "
+    "loads it. Weights: released only as a Google Drive folder (weights/manifest.toml key 'tde-spikeyolo'), "
+    "no per-file id. The AGM gate is model state averaged over the last 10 forwards (see tasks/detection/tde.py). "
+    "Output as SpikeYOLO's: eval (y [B, 4 + nc, anchors], raw maps), train raw maps. "
+    "State-dict keys are the official ones."
+)
+_COMMON = dict(
+    task="detection", paper=_PAPER, arxiv="2512.02447", code="https://github.com/Mortal825/TDE",
+    license="AGPL-3.0", input=_INPUT, input_size=(1, 3, 640, 640), T=4, D=1,
+    neuron="binary LIF, decay 0.25, reset 0.5 x spike (tasks.detection.tde.BinaryLIF)",
+    weights=None, converter="tasks.detection.tde:from_official",
+)
+
+
+def _builder(**defaults):
+    allowed = {"config", "scale", "nc", "T", "repeats"}
+
+    def build(**kwargs):
+        unknown = set(kwargs) - allowed
+        if unknown:
+            raise ZooError(
+                f"unknown TDE option(s) {', '.join(sorted(unknown))}; options are {', '.join(sorted(allowed))}"
+            )
+        opts = dict(defaults)
+        opts.update(kwargs)
+        return build_tde(**opts)
+
+    return build
+
+
+register(
+    "tde-spikeyolo-voc", **_COMMON,
+    metrics=[dict(dataset="PASCAL VOC 2007 test (07+12 trainval)", metric="mAP@50:95", value=57.7, source="paper",
+                  note="TDE(SDA), T=4")],
+    notes="nc=20 (config/VOC.yaml). " + _NOTES,
+)(_builder(config="TDE(SDA)", scale="s", nc=20, T=4))
+
+register(
+    "tde-spikeyolo-evdet200k", **_COMMON,
+    metrics=[dict(dataset="EvDET200K test", metric="mAP@50:95", value=47.6, source="paper", note="TDE(SDA), T=4")],
+    notes="nc=10 (config/EvDET200K.yaml: people, car, bicycle, electric bicycle, basketball, ping_pong, goose, cat, "
+          "bird, UAV; event frames rendered as RGB images). " + _NOTES,
+)(_builder(config="TDE(SDA)", scale="s", nc=10, T=4))
