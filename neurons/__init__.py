@@ -8,11 +8,11 @@
 """
 
 from .modes import Equivalence, auto_reset, check_equivalence, mode_of, spike_driven, to_integer, to_spike_driven
-from .nodes import ILIF, NILIF, ILIFGen1, Levels, MultiSpike, Ternary, is_count_neuron
-from .synapse import SpikeConv1d, SpikeConv2d, SpikeLinear, Synapse, expand_events
+from .nodes import ILIF, NILIF, BinaryLIF, ILIFGen1, Levels, MultiSpike, Ternary, TopKSpike, is_count_neuron
+from .synapse import SpikeConv1d, SpikeConv2d, SpikeConv3d, SpikeLinear, Synapse, expand_events
 
 __all__ = [
-    "ILIF", "ILIFGen1", "NILIF", "MultiSpike", "Ternary", "Levels", "is_count_neuron",
-    "SpikeConv1d", "SpikeConv2d", "SpikeLinear", "Synapse", "expand_events",
+    "ILIF", "ILIFGen1", "NILIF", "MultiSpike", "Ternary", "BinaryLIF", "TopKSpike", "Levels", "is_count_neuron",
+    "SpikeConv1d", "SpikeConv2d", "SpikeConv3d", "SpikeLinear", "Synapse", "expand_events",
     "to_spike_driven", "to_integer", "spike_driven", "mode_of", "check_equivalence", "auto_reset", "Equivalence",
 ]

@@ -87,18 +87,29 @@ class Equivalence:
 def check_equivalence(model: nn.Module, *inputs, **kwargs) -> Equivalence:
     """Run ``model(*inputs)`` in integer mode and in spike-driven mode; report the largest difference.
 
-    Neuron state is reset before each run, and the model's mode is restored after.
+    Both runs start from the same state: neuron state is reset and buffers (state a
+    model keeps across forwards) are restored before each; the mode and buffers are
+    restored after.
     """
     previous = [(s, s.spike_driven) for s in _synapses(model)]
+    buffers = {n: b.clone() for n, b in model.named_buffers()}  # models with state across forwards (TDE's gate)
+
+    def restore_buffers():
+        with torch.no_grad():
+            for n, b in model.named_buffers():
+                b.copy_(buffers[n])
+
     try:
         results = []
         for enable in (False, True):
             to_spike_driven(model, enable)
+            restore_buffers()
             functional.reset_net(model)
             results.append(_flatten(model(*inputs, **kwargs)))
     finally:
         for s, flag in previous:
             s.spike_driven = flag
+        restore_buffers()
         functional.reset_net(model)
     ints, spikes = results
     if len(ints) != len(spikes) or not ints:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from spikingjelly.activation_based import base, neuron, surrogate
 
-__all__ = ["Levels", "ILIF", "ILIFGen1", "NILIF", "MultiSpike", "Ternary", "is_count_neuron"]
+__all__ = ["Levels", "ILIF", "ILIFGen1", "NILIF", "MultiSpike", "Ternary", "BinaryLIF", "TopKSpike", "is_count_neuron"]
 
 
 @dataclass(frozen=True)
@@ -248,3 +248,64 @@ class Ternary(_CountNeuron, torch.nn.Module):
 
     def extra_repr(self) -> str:
         return f"D={self._D}, gamma={float(self.gamma):g}"
+
+
+class BinaryLIF(_StatefulCountNeuron):
+    r"""TDE's binary LIF neuron (soft reset by half a spike).
+
+    .. math::
+        H[t] = \beta\,(H[t-1] - r\,S[t-1]) + X[t], \qquad H[0] = X[0]
+
+        S[t] = \operatorname{round}(\operatorname{clip}(H[t], 0, 1))
+
+    with decay :math:`\beta = 0.25`, reset :math:`r = 0.5` (the spike is
+    detached in the reset path; :math:`H[t-1]` is not), ``torch.round``
+    (ties to even: :math:`H = 0.5` does not fire, so the threshold is
+    :math:`H > 0.5`). Backward: straight-through, zero where
+    :math:`H[t] \notin [0, 1]`. ``D`` is the clip level (1: binary).
+
+    Source: Luo et al., "Temporal Dynamics Enhancer for Directly Trained
+    Spiking Object Detectors", AAAI 2026 (arXiv 2512.02447), Mortal825/TDE
+    ``yolo_spikformer.py`` (``mem_update`` + ``MultiSpike1``).
+    """
+
+    def __init__(self, decay: float = 0.25, reset_by: float = 0.5, D: int = 1, step_mode: str = "m"):
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"decay must be in [0, 1), got {decay}")
+        super().__init__(step_mode)
+        self.levels = Levels(D=int(D))
+        self.decay = float(decay)
+        self.reset_by = float(reset_by)
+
+    def step(self, x, v):
+        h = v + x
+        s = _count_ste(h, 0.0, self.D)
+        return s, (h - s.detach() * self.reset_by) * self.decay
+
+    def extra_repr(self) -> str:
+        return f"D={self.D}, decay={self.decay:g}, reset_by={self.reset_by:g}, step_mode={self.step_mode}"
+
+
+class TopKSpike(_CountNeuron, torch.nn.Module):
+    """SDA's first neuron (official ``nomem_update``): a spike wherever the input is among its top ``ratio``.
+
+    ``k = int(numel * ratio)`` over the *whole* tensor (batch included); spike
+    where ``x >= `` the k-th largest value. Stateless, binary, no gradient
+    (the official ``detach=True``).
+    """
+
+    def __init__(self, ratio: float = 0.9):
+        super().__init__()
+        self.ratio = float(ratio)
+        self.levels = Levels(D=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.detach().reshape(-1)
+        k = int(flat.numel() * self.ratio)
+        if k == 0:
+            return torch.zeros_like(x)
+        threshold = torch.topk(flat, k).values[-1]
+        return (x.detach() >= threshold).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"ratio={self.ratio:g}"

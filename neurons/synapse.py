@@ -28,7 +28,7 @@ from zoo.errors import ZooError
 
 from .nodes import Levels, is_count_neuron
 
-__all__ = ["SpikeConv1d", "SpikeConv2d", "SpikeLinear", "Synapse", "expand_events"]
+__all__ = ["SpikeConv1d", "SpikeConv2d", "SpikeConv3d", "SpikeLinear", "Synapse", "expand_events"]
 
 
 def expand_events(counts: torch.Tensor, D: int, signed: bool = False) -> torch.Tensor:
@@ -125,6 +125,14 @@ class SpikeConv1d(_SpikeConvNd, nn.Conv1d):
 
     def __init__(self, *args, source=None, **kwargs):
         nn.Conv1d.__init__(self, *args, **kwargs)
+        self._init_synapse(source)
+
+
+class SpikeConv3d(_SpikeConvNd, nn.Conv3d):
+    """``nn.Conv3d`` fed by a count neuron (TDE's spike-driven attention)."""
+
+    def __init__(self, *args, source=None, **kwargs):
+        nn.Conv3d.__init__(self, *args, **kwargs)
         self._init_synapse(source)
 
 

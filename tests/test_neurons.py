@@ -194,3 +194,19 @@ def test_ilif_single_step_fast_path_equals_loop():
     assert torch.equal(xg.grad, ((x >= 0) & (x <= 4)).float())
     cl = x[0].contiguous(memory_format=torch.channels_last)[None]
     assert neurons.ILIF()(cl)[0].is_contiguous(memory_format=torch.channels_last)
+
+
+def test_binary_lif_matches_tde_equation(x):
+    """TDE mem_update + MultiSpike1: H[t] = 0.25 (H[t-1] - 0.5 S[t-1]) + X[t]; S = round(clip(H, 0, 1))."""
+    out, h, s = [], None, None
+    for t in range(x.shape[0]):
+        h = x[t] if t == 0 else (h - 0.5 * s) * 0.25 + x[t]
+        s = torch.round(torch.clamp(h, 0, 1))
+        out.append(s)
+    assert torch.equal(neurons.BinaryLIF()(x), torch.stack(out))
+
+
+def test_topk_spike_fires_on_the_top_fraction():
+    x = torch.arange(10.0).view(2, 5)
+    s = neurons.TopKSpike(ratio=0.3)(x)
+    assert s.sum() == 3 and torch.equal(s.view(-1)[-3:], torch.ones(3))

@@ -116,6 +116,7 @@ def cmd_profile(args) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     registry._load_tasks()  # tasks add their verbs on import
+    import benchmarks  # noqa: F401  (the suites add `zoo bench`)
     p = argparse.ArgumentParser(prog="zoo", description="Spiking neural network model zoo")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -171,4 +172,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from zoo.cli import main as _main  # the imported module holds the verbs tasks registered
+
+    sys.exit(_main())

@@ -102,7 +102,7 @@ def _event_acs(module: nn.Module, counts: torch.Tensor) -> int:
         return int(a.sum().item()) * module.out_features
     if isinstance(module, nn.modules.conv._ConvNd) and not module.transposed:
         g = module.groups
-        ones = torch.ones(g, module.in_channels // g, *module.kernel_size, dtype=torch.float64)
+        ones = torch.ones(g, module.in_channels // g, *module.kernel_size, dtype=torch.float64, device=a.device)
         conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[a.ndim - 2]
         if module.padding_mode != "zeros":  # padded values are copies of real inputs
             a = F.pad(a, module._reversed_padding_repeated_twice, mode=module.padding_mode)

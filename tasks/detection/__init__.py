@@ -7,7 +7,7 @@ from zoo.registry import register
 
 from .spikeyolo import SpikeYOLO, build_spikeyolo
 
-__all__ = ["SpikeYOLO", "build_spikeyolo"]
+__all__ = ["SpikeYOLO", "build_spikeyolo", "TDE", "build_tde"]
 
 _PAPER = (
     "Integer-Valued Training and Spike-Driven Inference Spiking Neural Network "
@@ -94,3 +94,17 @@ register(
     metrics=[dict(dataset="Gen1 Automotive", metric="mAP@50", value=67.2, source="paper", note="23M, T2 D4")],
     notes="Scale s, nc=2 (car, pedestrian), SpikeYOLO_for_Gen1 release (its own neuron). " + _OUTPUT,
 )(_builder("s", nc=2, T=2, gen1=True))
+
+register(
+    "spikeyolo-tiny-shapes", **{**_COMMON, "license": "Apache-2.0 (weights trained here)"},
+    input="RGB image [B, 3, H, W], float in [0, 1], H and W multiples of 32 (trained at 128x128 letterboxed)",
+    input_size=(1, 3, 128, 128), T=1, neuron=_ILIF, weights="spikeyolo-tiny-shapes",
+    metrics=[],
+    notes="The zoo's demo model: SpikeYOLO [depth 0.33, width 0.125] with 6 classes (circle, square, triangle, "
+          "cross, ring, diamond), trained on CPU on the synthetic shapes set of tasks/detection/synthetic.py "
+          "(`python -m tasks.detection.synthetic shapes/`). " + _OUTPUT,
+)(_builder((0.33, 0.125, 1024), nc=6, T=1))
+
+from . import tde  # noqa: E402,F401  (registers tde-spikeyolo-voc, tde-spikeyolo-evdet200k)
+from . import cli  # noqa: E402,F401  (registers zoo predict / eval / train)
+from .tde import TDE, build_tde  # noqa: E402

@@ -168,4 +168,65 @@ def run_eval(args) -> None:
         print(f"detections written to {args.save_json}")
 
 
-COMMANDS = {"predict": (add_predict_arguments, run_predict), "eval": (add_eval_arguments, run_eval)}
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    _add(parser, "--data", default=None, metavar="PATH", help="data set folder with train and val splits (detection: COCO, YOLO, VOC, Gen1)")
+    _add(parser, "--epochs", type=int, default=None, metavar="N", help="epochs (detection default 300)")
+    _add(parser, "--batch", type=int, default=None, metavar="N", help="batch size per process (detection default 40)")
+    _add(parser, "--out", default=None, metavar="DIR", help="run folder for last.pt / best.safetensors (default runs/train)")
+    _add(parser, "--resume", default=None, metavar="PATH", help="continue from a last.pt checkpoint")
+    _add(parser, "--time-limit", type=float, default=None, metavar="S", help="stop after the epoch that passes S seconds")
+    _add(parser, "--workers", type=int, default=None, metavar="N", help="data loader processes (default 0)")
+    _add(parser, "--set", nargs="*", default=None, metavar="KEY=VALUE", help="other recipe values, e.g. lr0=0.02 mosaic=0.5")
+    _add_common(parser)
+
+
+def _recipe(args):
+    from dataclasses import fields
+
+    from .train import TrainConfig
+
+    cfg = TrainConfig()
+    types = {f.name: f.type for f in fields(TrainConfig)}
+    cfg.imgsz = _imgsz(args, args.target)
+    for key, value in (("epochs", args.epochs), ("batch", args.batch), ("time_limit", args.time_limit),
+                       ("workers", args.workers)):
+        if value is not None:
+            setattr(cfg, key, value)
+    for item in args.set or []:
+        key, _, value = item.partition("=")
+        if key not in types or not value:
+            raise ZooError(f"--set {item!r}: expected KEY=VALUE with KEY one of {', '.join(types)}")
+        setattr(cfg, key, float(value) if types[key] in ("float", float) else int(value))
+    return cfg
+
+
+@task_command("train", TASK, add_train_arguments)
+def run_train(args) -> None:
+    import zoo
+
+    from .data import load_dataset
+    from .evaluate import evaluate
+    from .train import train
+
+    if not args.data:
+        raise ZooError("zoo train for detection needs --data PATH (a folder with train and val splits)")
+    cfg = _recipe(args)
+    train_set, val_set = load_dataset(args.data, split="train"), load_dataset(args.data, split="val")
+    names = getattr(train_set, "names", None)
+    options = {"nc": len(names)} if names else {}
+    model = zoo.load(args.target, pretrained=False, weights=args.weights, device=_device(args.device), **options)
+
+    def validate(ema_model):
+        res = evaluate(ema_model, val_set, imgsz=cfg.imgsz, batch_size=min(cfg.batch, 16), energy=False)
+        return {"map50": res.map50, "map50_95": res.map50_95}
+
+    metrics = train(model, train_set, val_set, cfg=cfg, out=args.out or "runs/train", resume=args.resume,
+                    device=_device(args.device), evaluate=validate)
+    if metrics:
+        print(json.dumps(metrics) if getattr(args, "json", False) else
+              f"done: epoch {metrics['epoch']}, mAP@50 {metrics.get('map50', float('nan')) * 100:.2f}; "
+              f"weights in {args.out or 'runs/train'}/best.safetensors")
+
+
+COMMANDS = {"predict": (add_predict_arguments, run_predict), "eval": (add_eval_arguments, run_eval),
+            "train": (add_train_arguments, run_train)}

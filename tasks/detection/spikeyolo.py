@@ -196,6 +196,16 @@ class BNFoldedSpikeConv2d(neurons.SpikeConv2d):
         scale, _ = self._input_bn.affine()
         return self._conv_forward(x, weight * scale.view(1, -1, 1, 1), None)
 
+    def input_counts(self, x):
+        """Counts behind the input. Integer mode feeds BN(padded counts): invert the BN (padding -> 0)."""
+        if self.spike_driven:
+            return super().input_counts(x)
+        scale, shift = self._input_bn.affine()
+        scale = scale.view(1, -1, 1, 1)
+        safe = torch.where(scale == 0, torch.ones_like(scale), scale)
+        counts = torch.where(scale == 0, torch.zeros_like(x), (x - shift.view(1, -1, 1, 1)) / safe)
+        return torch.round(counts).clamp_(0, self.levels.D)
+
     def spike_forward(self, x):
         _, shift = self._input_bn.affine()
         bias = F.conv2d(shift.view(1, -1, 1, 1), self.weight)  # [1, c2, 1, 1]

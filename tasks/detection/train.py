@@ -12,7 +12,7 @@
 * EMA of the weights (decay 0.9999 x (1 - exp(-updates / 2000))), used for
   validation and for the saved weights;
 * augmentation: letterbox to ``imgsz``, random scale and translation, HSV
-  jitter, horizontal flip, and 4-image mosaic (off for the last
+  jitter (hue rotated in YIQ space rather than through HSV), horizontal flip, and 4-image mosaic (off for the last
   ``close_mosaic`` epochs);
 * a checkpoint written atomically every epoch (``last.pt``: model, EMA,
   optimizer, epoch, arguments) and ``--resume``; the best EMA weights as
@@ -75,20 +75,32 @@ class TrainConfig:
 # ----------------------------------------------------------------------------- augmentation
 
 
+_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+_FROM_YIQ = torch.linalg.inv(_TO_YIQ)
+
+
 def _hsv(img: torch.Tensor, h: float, s: float, v: float, rng: random.Random) -> torch.Tensor:
-    """Random hue / saturation / value gains on a [3, H, W] RGB image in [0, 1]."""
-    from torchvision.transforms.functional import adjust_hue, adjust_saturation
+    """Random hue / saturation / value gains on a [3, H, W] RGB image in [0, 1].
 
+    Hue is rotated in YIQ space (one 3x3 matrix per image: the cheap equivalent of
+    a hue shift), saturation blends with the luma, value scales; gains drawn as
+    ultralytics draws them (uniform in +-h, +-s, +-v).
+    """
     gh, gs, gv = (rng.uniform(-1, 1) * g for g in (h, s, v))
-    img = adjust_hue(img, gh) if h else img
-    img = adjust_saturation(img, 1 + gs) if s else img
-    return (img * (1 + gv)).clamp_(0, 1)
+    theta = gh * 2 * math.pi  # hue gain is a fraction of the colour circle
+    c, si = math.cos(theta), math.sin(theta)
+    rot = torch.tensor([[1.0, 0.0, 0.0], [0.0, c * (1 + gs), -si * (1 + gs)], [0.0, si * (1 + gs), c * (1 + gs)]])
+    m = _FROM_YIQ @ rot @ _TO_YIQ * (1 + gv)
+    return (m @ img.reshape(3, -1)).reshape(img.shape).clamp_(0, 1)
 
 
-def _place(img: torch.Tensor, boxes: torch.Tensor, size: int, cfg: TrainConfig, rng: random.Random):
-    """Letterbox ``img`` to ``size`` with a random scale and translation; move the boxes with it."""
+def _place(img: torch.Tensor, boxes: torch.Tensor, size: int, cfg: TrainConfig, rng: random.Random,
+           base: float | None = None):
+    """Resize ``img`` by ``base`` (default: letterbox to ``size``) times a random scale gain, place it
+    centred on a ``size`` x ``size`` canvas with a random translation (cropping what falls outside),
+    and move the boxes with it."""
     _, h, w = img.shape
-    r = size / max(h, w) * rng.uniform(1 - cfg.scale, 1 + cfg.scale)
+    r = (size / max(h, w) if base is None else base) * rng.uniform(1 - cfg.scale, 1 + cfg.scale)
     nh, nw = max(1, round(h * r)), max(1, round(w * r))
     img = F.interpolate(img[None], size=(nh, nw), mode="bilinear", align_corners=False)[0]
     dx = (size - nw) / 2 + rng.uniform(-cfg.translate, cfg.translate) * size
@@ -152,7 +164,7 @@ class TrainTransform:
             area0 = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
             boxes, labels = _clip_boxes(boxes, labels, 2 * s, 2 * s, area0=area0)
             area0 = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-            img, boxes = _place(canvas, boxes, s, cfg, self.rng)  # random scale/translate back to s
+            img, boxes = _place(canvas, boxes, s, cfg, self.rng, base=1.0)  # centre crop at scale ~1, as ultralytics
             area0 = area0 * ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).div(area0.clamp(min=1e-6)).nan_to_num(0)
         else:
             img, boxes, labels, area0 = self.one(i, s)

@@ -1,0 +1,3 @@
+"""Benchmark suites behind ``zoo bench TASK``: speed as ratios measured side by side in one run."""
+
+from . import detection  # noqa: F401  (registers `zoo bench detection`)
