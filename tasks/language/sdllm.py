@@ -1,0 +1,491 @@
+"""SDLLM: spike-driven conversion of a pretrained language model, at inference, without SNN training.
+
+Every weight layer inside the model's transformer blocks (Llama / Qwen2:
+``q k v o gate up down``; BERT-style encoders: every ``nn.Linear`` of the
+encoder layers) becomes an :class:`SDLinear`::
+
+    x --> Ternary(gamma, D) --> counts C in [-D, D] (value gamma * C)
+      --> SpikeLinear(W_q4)   --> integer mode: W_q (gamma C) + b
+                                  spike-driven mode: C expanded into D slots of
+                                  -1/0/+1 events, gamma * W_q accumulates them
+
+gamma-SQP (spike quantisation with a data-dependent step gamma):
+
+* step 1, float -> integer count: ``C = round(clip(x / gamma, -D, D))`` with
+  one ``gamma`` per layer, calibrated on calibration activations (see
+  :data:`GAMMA_RULES`);
+* step 2, count -> spike train: the :class:`neurons.SpikeLinear` expands each
+  count into ``|C|`` ternary events over ``D`` slots (``neurons.to_spike_driven``).
+
+Design choices (SDLLM has no public code; see ``/work/shared/ANCHORS.md``):
+
+* ``D = 7`` by default: the paper reports "4-bit weights, 1.58-bit spikes" and
+  that bidirectional (ternary) coding halves the time steps of a symmetric
+  quantiser. A symmetric 4-bit activation grid is the counts ``-7..7``; as
+  ternary events that is 7 slots instead of the 15 an unsigned code needs.
+  ``D`` is configurable (``D=4``: 9 levels, 4 slots).
+* ``gamma`` rule ``"mse"`` by default: on a sample of each layer's calibration
+  inputs, the step among ``mean|x| * c`` (a grid of ``c``) and ``max|x| / D``
+  that minimises the quantisation error ``||x - gamma C(x)||^2``. LLM
+  activations are heavy-tailed (a few outlier channels): ``max|x|/D`` wastes
+  the levels on outliers, a fixed ``mean|x|/k`` (SpikingBrain's dynamic
+  threshold, rule ``"mean"``) ignores ``D``; the MSE search adapts to both.
+  ``"percentile"`` (``quantile(|x|, p) / D``) is also available.
+  Calibration runs the full-precision model once (all layers' statistics in
+  one pass).
+* membrane-potential clipping (``clip=K``, ``K < D``): counts are clipped to
+  ``[-K, K]`` with the gamma calibrated for ``D``; fewer events (lower firing
+  rate), at some accuracy cost; the neuron then needs only ``K`` slots.
+* weights: symmetric group-wise quantisation along the input dimension
+  (``w_bits = 4``, ``group_size = 128``): per group ``s = max|w| / (2^(b-1)-1)``,
+  codes ``round(w / s)`` in ``[-(2^(b-1)-1), 2^(b-1)-1]``. The layer holds the
+  *dequantised* weights ``codes * s`` (a plain ``nn.Linear`` weight, so both
+  modes and ``zoo.profile`` work unchanged); the cache file stores the int
+  codes (two 4-bit codes per byte) and the scales (:func:`pack_state`).
+* full precision stays: embeddings, every norm, the rotary tables, the final
+  norm and ``lm_head`` (and, in BERT, the pooler and task heads). The
+  attention products ``QK^T`` and ``PV`` stay dense (not counted by the
+  profiler).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import torch
+from torch import nn
+
+import neurons
+from zoo.errors import ZooError
+
+__all__ = ["SDLLMConfig", "SDLinear", "convert", "quantize_weight", "dequantize_weight", "find_targets",
+           "replace_structure", "pack_state", "unpack_state", "GAMMA_RULES"]
+
+GAMMA_RULES = ("mse", "mean", "percentile")
+
+
+@dataclass
+class SDLLMConfig:
+    """Conversion settings (defaults: the paper's W4, ternary spikes)."""
+
+    D: int = 7  # count bound: counts in [-D, D], D ternary event slots
+    clip: int | None = None  # membrane-potential clipping: counts bounded by clip < D (None: no clipping)
+    w_bits: int = 4  # weight bits, symmetric (None or 0: keep weights full precision)
+    group_size: int = 128  # weight quantisation group along the input dimension (0: per output channel)
+    gamma_rule: str = "mse"  # "mse" | "mean" | "percentile"
+    gamma_k: float = 1.0  # rule "mean": gamma = mean|x| / k
+    gamma_percentile: float = 0.999  # rule "percentile": gamma = quantile(|x|, p) / D
+    calib_batch: int = 4  # sequences per calibration forward
+    calib_seq_len: int = 2048  # texts are truncated to this many tokens
+    samples_per_layer: int = 1 << 16  # activation values kept per layer for the gamma search
+    targets: Sequence[str] | None = None  # names (suffixes) of the linears to convert; None: every linear of the blocks
+    seed: int = 0
+
+    def __post_init__(self):
+        if int(self.D) != self.D or self.D < 1:
+            raise ZooError(f"D must be a positive integer, got {self.D!r}")
+        if self.clip is not None and not (1 <= int(self.clip) <= self.D):
+            raise ZooError(f"clip must be an integer in [1, D={self.D}], got {self.clip!r}")
+        if self.w_bits and not 2 <= int(self.w_bits) <= 8:
+            raise ZooError(f"w_bits must be in 2..8 (or 0 for full-precision weights), got {self.w_bits!r}")
+        if self.group_size < 0:
+            raise ZooError(f"group_size must be >= 0 (0: one group per output channel), got {self.group_size}")
+        if self.gamma_rule not in GAMMA_RULES:
+            raise ZooError(f"gamma_rule must be one of {', '.join(GAMMA_RULES)}, got {self.gamma_rule!r}")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["targets"] = list(self.targets) if self.targets is not None else None
+        return d
+
+
+# ----------------------------------------------------------------------------------------------- weights
+
+def _qmax(bits: int) -> int:
+    return 2 ** (int(bits) - 1) - 1
+
+
+def _grouped(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, int]:
+    """``[out, in]`` -> ``[out, groups, g]`` (zero-padded), and the padding."""
+    out_f, in_f = w.shape
+    g = group_size if group_size and group_size < in_f else in_f
+    pad = (-in_f) % g
+    if pad:
+        w = torch.nn.functional.pad(w, (0, pad))
+    return w.reshape(out_f, -1, g), pad
+
+
+@torch.no_grad()
+def quantize_weight(w: torch.Tensor, bits: int = 4, group_size: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric group-wise quantisation: ``(codes int8 [out, in], scales float32 [out, groups])``.
+
+    Per group of ``group_size`` input columns (the last group may be shorter):
+    ``s = max|w| / qmax``, ``codes = clamp(round(w / s), -qmax, qmax)`` with
+    ``qmax = 2^(bits-1) - 1``; ``|w - codes s| <= s / 2``.
+    """
+    qmax = _qmax(bits)
+    wg, pad = _grouped(w.detach().float(), group_size)
+    scales = wg.abs().amax(-1) / qmax
+    scales = torch.where(scales > 0, scales, torch.ones_like(scales))  # all-zero group: any scale
+    codes = torch.clamp(torch.round(wg / scales.unsqueeze(-1)), -qmax, qmax).to(torch.int8)
+    codes = codes.reshape(w.shape[0], -1)
+    return (codes[:, : w.shape[1]] if pad else codes).contiguous(), scales
+
+
+def dequantize_weight(codes: torch.Tensor, scales: torch.Tensor, group_size: int = 128, dtype=torch.float32) -> torch.Tensor:
+    """Inverse of :func:`quantize_weight`: ``codes * scale`` of each column's group."""
+    out_f, in_f = codes.shape
+    wg, pad = _grouped(codes.float(), group_size)
+    if wg.shape[1] != scales.shape[1]:
+        raise ZooError(f"{scales.shape[1]} weight scales per row do not fit {in_f} columns in groups of {group_size}")
+    w = (wg * scales.float().unsqueeze(-1)).reshape(out_f, -1)
+    return (w[:, :in_f] if pad else w).to(dtype)
+
+
+def _pack4(codes: torch.Tensor) -> torch.Tensor:
+    """int8 codes in [-8, 7] -> uint8, two per byte (last dim padded to even)."""
+    u = (codes.to(torch.int16) + 8).to(torch.uint8)
+    if u.shape[-1] % 2:
+        u = torch.nn.functional.pad(u, (0, 1), value=8)
+    return (u[..., 0::2] | (u[..., 1::2] << 4)).contiguous()
+
+
+def _unpack4(packed: torch.Tensor, n: int) -> torch.Tensor:
+    lo = (packed & 0x0F).to(torch.int16) - 8
+    hi = (packed >> 4).to(torch.int16) - 8
+    return torch.stack([lo, hi], -1).flatten(-2)[..., :n].to(torch.int8)
+
+
+# ----------------------------------------------------------------------------------------------- the layer
+
+class SDLinear(nn.Module):
+    r"""A spike-driven linear layer: :class:`neurons.Ternary` encoder + :class:`neurons.SpikeLinear`.
+
+    .. math::
+        C = \operatorname{round}(\operatorname{clip}(x / \gamma, -K, K)), \qquad y = W_q (\gamma C) + b
+
+    with ``K = clip or D``. Integer mode multiplies the counts; spike-driven mode
+    (``neurons.to_spike_driven``) accumulates ``K`` slots of -1/0/+1 events.
+    ``weight`` / ``bias`` / ``in_features`` / ``out_features`` are those of the
+    inner linear, so code that inspects a replaced ``nn.Linear`` keeps working.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, D: int = 7, gamma: float = 1.0,
+                 w_bits: int = 4, group_size: int = 128, device=None, dtype=None):
+        super().__init__()
+        self.neuron = neurons.Ternary(D=D, gamma=gamma)
+        self.linear = neurons.SpikeLinear(in_features, out_features, bias=bias, source=self.neuron,
+                                          device=device, dtype=dtype)
+        self.w_bits = int(w_bits or 0)
+        self.group_size = int(group_size)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.linear.weight
+
+    @property
+    def bias(self):
+        return self.linear.bias
+
+    @property
+    def in_features(self) -> int:
+        return self.linear.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.linear.out_features
+
+    @property
+    def D(self) -> int:
+        return self.neuron.D
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.neuron(x))
+
+    def extra_repr(self) -> str:
+        return f"w_bits={self.w_bits}, group_size={self.group_size}"
+
+
+# ----------------------------------------------------------------------------------------------- structure
+
+def _block_lists(model: nn.Module) -> list[tuple[str, nn.ModuleList]]:
+    """The ModuleLists that hold the model's transformer blocks (those whose children contain nn.Linear)."""
+    found = []
+    for name, m in model.named_modules():
+        if isinstance(m, nn.ModuleList) and len(m) and all(
+            any(isinstance(x, nn.Linear) for x in child.modules()) for child in m
+        ):
+            if not any(name.startswith(p + ".") for p, _ in found):  # outermost only
+                found.append((name, m))
+    return found
+
+
+def find_targets(model: nn.Module, targets: Sequence[str] | None = None) -> list[str]:
+    """Qualified names of the ``nn.Linear`` layers that conversion replaces.
+
+    Default: every ``nn.Linear`` inside the block lists (``model.layers`` of
+    Llama / Qwen2, ``encoder.layer`` of BERT). ``targets``: name suffixes
+    (``["q_proj", "v_proj"]``) to restrict to.
+    """
+    names = []
+    for prefix, blocks in _block_lists(model):
+        for sub, m in blocks.named_modules():
+            if isinstance(m, nn.Linear) and not isinstance(m, neurons.SpikeLinear):
+                names.append(f"{prefix}.{sub}" if prefix else sub)
+    if targets is not None:
+        wanted = tuple(targets)
+        names = [n for n in names if n.rsplit(".", 1)[-1] in wanted or n.endswith(wanted)]
+    if not names:
+        raise ZooError(
+            f"{type(model).__name__} has no nn.Linear layers in repeated blocks to convert (unsupported architecture; "
+            "SDLLM converts Llama / Qwen2 / BERT-style models whose block weights are nn.Linear)"
+        )
+    return names
+
+
+def _set(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
+
+
+def replace_structure(model: nn.Module, config: SDLLMConfig, names: Sequence[str] | None = None) -> list[str]:
+    """Put an :class:`SDLinear` (gamma 1, weights not quantised yet) in place of each target linear; no data needed.
+
+    Used to rebuild the skeleton of a converted model before loading its cached state.
+    """
+    names = list(names) if names is not None else find_targets(model, config.targets)
+    bound = config.clip or config.D
+    for name in names:
+        lin = model.get_submodule(name)
+        sd = SDLinear(lin.in_features, lin.out_features, bias=lin.bias is not None, D=bound,
+                      w_bits=config.w_bits, group_size=config.group_size,
+                      device=lin.weight.device, dtype=lin.weight.dtype)
+        _set(model, name, sd)
+    return names
+
+
+# ----------------------------------------------------------------------------------------------- calibration
+
+class _Stats:
+    def __init__(self, keep: int, generator: torch.Generator):
+        self.abs_sum = 0.0
+        self.count = 0
+        self.max = 0.0
+        self.samples: list[torch.Tensor] = []
+        self.kept = 0
+        self.keep = keep
+        self.gen = generator
+
+    def update(self, x: torch.Tensor) -> None:
+        x = x.detach().float().reshape(-1)
+        if not x.numel():
+            return
+        a = x.abs()
+        self.abs_sum += float(a.sum(dtype=torch.float64))
+        self.count += x.numel()
+        self.max = max(self.max, float(a.max()))
+        if self.kept < self.keep:
+            n = min(self.keep - self.kept, x.numel())
+            idx = torch.randint(0, x.numel(), (n,), generator=self.gen)
+            self.samples.append(x[idx].cpu())
+            self.kept += n
+
+
+def _quant_error(x: torch.Tensor, gamma: torch.Tensor, bound: int) -> torch.Tensor:
+    """Squared quantisation error for each candidate gamma ([G]) on samples x ([N])."""
+    q = torch.round(torch.clamp(x.unsqueeze(0) / gamma.unsqueeze(1), -bound, bound)) * gamma.unsqueeze(1)
+    return ((q - x.unsqueeze(0)) ** 2).sum(1)
+
+
+def choose_gamma(stats: _Stats, config: SDLLMConfig) -> float:
+    """One layer's gamma from its calibration statistics (see the module docstring)."""
+    if not stats.count:
+        raise ZooError("calibration never reached a converted layer; is the calibration data for this model?")
+    mean_abs = stats.abs_sum / stats.count
+    tiny = 1e-8
+    if config.gamma_rule == "mean":
+        return max(mean_abs / config.gamma_k, tiny)
+    x = torch.cat(stats.samples)
+    if config.gamma_rule == "percentile":
+        q = float(torch.quantile(x.abs().double(), config.gamma_percentile))
+        return max(q / config.D, tiny)
+    if mean_abs <= tiny:
+        return 1.0
+    cands = torch.cat([mean_abs * torch.linspace(0.05, 4.0, 80, dtype=torch.float64),
+                       torch.tensor([stats.max / config.D], dtype=torch.float64)])
+    err = _quant_error(x.double(), cands, config.D)
+    return max(float(cands[int(err.argmin())]), tiny)
+
+
+def _check_tokenizer(model: nn.Module, tokenizer) -> None:
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if tokenizer is None or emb is None:
+        return
+    if len(tokenizer) > emb.num_embeddings:
+        raise ZooError(
+            f"tokenizer mismatch: the tokenizer has {len(tokenizer)} tokens but the model's embedding has "
+            f"{emb.num_embeddings}; use the tokenizer saved with this model"
+        )
+
+
+def calibration_batches(calibration, model: nn.Module, tokenizer=None, config: SDLLMConfig | None = None) -> list[torch.Tensor]:
+    """Calibration data as a list of ``[b, L]`` LongTensors, checked against the model's vocabulary."""
+    config = config or SDLLMConfig()
+    _check_tokenizer(model, tokenizer)
+    if isinstance(calibration, torch.Tensor):
+        ids = calibration
+        if ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+            raise ZooError(f"calibration token ids must be an integer tensor [N, L], got dtype {ids.dtype}")
+        if ids.ndim == 1:
+            ids = ids.unsqueeze(0)
+        if ids.ndim != 2 or ids.numel() == 0:
+            raise ZooError(f"empty calibration data (token ids of shape {list(ids.shape)}); pass token ids [N, L] with N, L > 0")
+        seqs = list(ids.long().split(max(1, config.calib_batch)))
+    elif isinstance(calibration, str):
+        raise ZooError("calibration must be a list of texts (with tokenizer=) or token ids [N, L], not one string")
+    else:
+        texts = [t for t in (calibration or []) if isinstance(t, str) and t.strip()]
+        if not texts:
+            raise ZooError("empty calibration data: pass a non-empty list of texts (with tokenizer=) or token ids [N, L]")
+        if tokenizer is None:
+            raise ZooError("calibration texts need tokenizer= (or pass token ids [N, L])")
+        seqs = []
+        for t in texts:
+            ids = tokenizer(t, return_tensors="pt", truncation=True, max_length=config.calib_seq_len)["input_ids"]
+            if ids.numel():
+                seqs.append(ids.long())
+        if not seqs:
+            raise ZooError("empty calibration data: the texts tokenise to no tokens")
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if emb is not None:
+        top = max(int(s.max()) for s in seqs)
+        low = min(int(s.min()) for s in seqs)
+        if top >= emb.num_embeddings or low < 0:
+            raise ZooError(
+                f"tokenizer mismatch: calibration token id {top if top >= emb.num_embeddings else low} is outside the "
+                f"model's vocabulary of {emb.num_embeddings}; tokenise with this model's tokenizer"
+            )
+    return seqs
+
+
+def _forward(model: nn.Module, ids: torch.Tensor):
+    try:
+        from transformers import PreTrainedModel
+    except ImportError:  # pragma: no cover
+        PreTrainedModel = ()
+    if isinstance(model, PreTrainedModel):
+        try:
+            return model(input_ids=ids, use_cache=False)
+        except TypeError:
+            return model(input_ids=ids)
+    return model(ids)
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, names: Sequence[str], batches: list[torch.Tensor], config: SDLLMConfig) -> dict[str, float]:
+    """Run the full-precision model on the calibration batches; return each target layer's gamma."""
+    gen = torch.Generator().manual_seed(config.seed)
+    stats = {n: _Stats(config.samples_per_layer, gen) for n in names}
+    device = next(model.parameters()).device
+    hooks = [model.get_submodule(n).register_forward_pre_hook(lambda m, args, s=stats[n]: s.update(args[0])) for n in names]
+    was_training = model.training
+    model.eval()
+    try:
+        for ids in batches:
+            _forward(model, ids.to(device))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return {n: choose_gamma(stats[n], config) for n in names}
+
+
+# ----------------------------------------------------------------------------------------------- conversion
+
+@torch.no_grad()
+def convert(model: nn.Module, calibration, config: SDLLMConfig | dict | None = None, tokenizer=None) -> nn.Module:
+    """Convert ``model`` (in place) to SDLLM's spike-driven form and return it.
+
+    ``calibration``: token ids ``[N, L]`` (LongTensor) or a list of texts with
+    ``tokenizer``. ``config``: an :class:`SDLLMConfig` or a dict of its fields.
+    The returned model runs in integer mode; ``neurons.to_spike_driven(model)``
+    switches it to ternary events (same logits up to float rounding). The
+    conversion settings and per-layer gammas are kept in ``model.sdllm``.
+    """
+    if config is None:
+        config = SDLLMConfig()
+    elif isinstance(config, dict):
+        config = SDLLMConfig(**config)
+    names = find_targets(model, config.targets)
+    batches = calibration_batches(calibration, model, tokenizer, config)
+    gammas = calibrate(model, names, batches, config)
+    originals = {n: model.get_submodule(n) for n in names}
+    replace_structure(model, config, names)
+    for n in names:
+        lin, sd = originals[n], model.get_submodule(n)
+        w = lin.weight.detach()
+        if config.w_bits:
+            codes, scales = quantize_weight(w, config.w_bits, config.group_size)
+            w = dequantize_weight(codes, scales, config.group_size, dtype=w.dtype)
+        sd.linear.weight.copy_(w)
+        if lin.bias is not None:
+            sd.linear.bias.copy_(lin.bias)
+        sd.neuron.gamma.fill_(gammas[n])
+    model.sdllm = {"config": config.to_dict(), "layers": names, "gammas": gammas}
+    return model
+
+
+# ----------------------------------------------------------------------------------------------- storage
+
+def pack_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Everything needed to rebuild a converted model, with the SDLinear weights as int codes + scales.
+
+    Keys: the model's parameters and *all* buffers (non-persistent ones such as
+    rotary tables included), except that each quantised ``X.linear.weight``
+    becomes ``X.linear.qweight`` (uint8, two 4-bit codes per byte; int8 codes
+    above 4 bits) and ``X.linear.qscale`` (float32 ``[out, groups]``).
+    """
+    state: dict[str, torch.Tensor] = {}
+    quantised = {f"{n}.linear.weight": m for n, m in model.named_modules() if isinstance(m, SDLinear) and m.w_bits}
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        if name in quantised:
+            m = quantised[name]
+            codes, scales = quantize_weight(t, m.w_bits, m.group_size)  # exact: t is already on the grid
+            base = name[: -len("weight")]
+            state[base + "qweight"] = _pack4(codes) if m.w_bits <= 4 else codes
+            state[base + "qscale"] = scales
+        else:
+            state[name] = t.detach()
+    return state
+
+
+@torch.no_grad()
+def unpack_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load :func:`pack_state` output into a skeleton (``replace_structure`` applied, any device incl. meta)."""
+    from zoo.errors import WeightsError
+
+    quantised = {f"{n}.linear.weight": m for n, m in model.named_modules() if isinstance(m, SDLinear) and m.w_bits}
+    tensors = dict(model.named_parameters())
+    tensors.update(dict(model.named_buffers()))
+    missing = []
+    for name, t in tensors.items():
+        if name in quantised:
+            m = quantised[name]
+            base = name[: -len("weight")]
+            if base + "qweight" not in state:
+                missing.append(base + "qweight")
+                continue
+            q = state[base + "qweight"]
+            codes = _unpack4(q, m.in_features) if m.w_bits <= 4 else q
+            value = dequantize_weight(codes, state[base + "qscale"], m.group_size, dtype=t.dtype)
+        elif name in state:
+            value = state[name]
+        else:
+            missing.append(name)
+            continue
+        if tuple(value.shape) != tuple(t.shape):
+            raise WeightsError(f"cached tensor {name} has shape {list(value.shape)}, the model {list(t.shape)}; delete the cache file")
+        t.copy_(value.to(t.dtype))
+    if missing:
+        raise WeightsError(f"cached SDLLM state misses {len(missing)} tensors (e.g. {missing[0]}); delete the cache file")

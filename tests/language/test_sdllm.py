@@ -1,0 +1,189 @@
+"""SDLLM conversion: structure, integer == spike-driven, quantisation, events, clipping, bad inputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import neurons
+from tasks.language.sdllm import (SDLinear, SDLLMConfig, _pack4, _unpack4, convert, dequantize_weight, find_targets,
+                                  pack_state, quantize_weight, replace_structure, unpack_state)
+from zoo.errors import ZooError
+
+from .conftest import tiny_bert, tiny_llama, tiny_qwen2
+
+LLAMA_LINEARS = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+
+
+def _sd_layers(model):
+    return {n: m for n, m in model.named_modules() if isinstance(m, SDLinear)}
+
+
+@pytest.mark.parametrize("build", [tiny_llama, tiny_qwen2])
+def test_decoder_conversion_integer_equals_spike(build, calib_ids):
+    model = build()
+    ids = calib_ids[:1, :24]
+    with torch.no_grad():
+        ref = model(ids).logits
+    convert(model, calib_ids, SDLLMConfig(group_size=32))
+    layers = _sd_layers(model)
+    assert {n.rsplit(".", 1)[-1] for n in layers} == LLAMA_LINEARS and len(layers) == 14
+    # full precision stays: embeddings, norms, lm_head
+    assert type(model.lm_head) is nn.Linear and isinstance(model.model.embed_tokens, nn.Embedding)
+    assert all(float(m.neuron.gamma) > 0 for m in layers.values())
+    with torch.no_grad():
+        out = model(ids).logits
+    assert torch.isfinite(out).all() and not torch.equal(out, ref)
+    assert (out - ref).abs().max() < ref.abs().max()  # close to the FP model, not equal
+    eq = neurons.check_equivalence(model, ids)
+    assert eq.max_rel < 1e-4, eq
+    assert neurons.mode_of(model) == "integer"
+    neurons.to_spike_driven(model)
+    with torch.no_grad():
+        spike = model(ids).logits
+    assert ((spike - out).abs().max() / out.abs().max()) < 1e-4
+
+
+def test_bert_encoder_conversion(calib_ids):
+    model = tiny_bert()
+    convert(model, calib_ids[:, :32])
+    layers = _sd_layers(model)
+    assert len(layers) == 12 and all(n.startswith("encoder.layer.") for n in layers)
+    assert type(model.pooler.dense) is nn.Linear  # outside the blocks: full precision
+    assert neurons.check_equivalence(model, calib_ids[:2, :16]).max_rel < 1e-4
+
+
+def test_spike_driven_weights_only_see_ternary_events(calib_ids):
+    model = convert(tiny_llama(), calib_ids, SDLLMConfig(D=4))
+    seen = []
+    for m in _sd_layers(model).values():
+        original = m.linear._weight_op
+
+        def spy(x, w, original=original):
+            seen.append(torch.unique(x))
+            return original(x, w)
+
+        m.linear._weight_op = spy
+    neurons.to_spike_driven(model)
+    with torch.no_grad():
+        model(calib_ids[:1, :16])
+    assert len(seen) == 14
+    values = torch.unique(torch.cat(seen))
+    assert set(values.tolist()) <= {-1.0, 0.0, 1.0} and -1.0 in values.tolist() and 1.0 in values.tolist()
+
+
+@pytest.mark.parametrize("bits,group", [(4, 128), (4, 32), (3, 0), (8, 48)])
+def test_groupwise_quantisation_error_bound(bits, group):
+    w = torch.randn(24, 200, generator=torch.Generator().manual_seed(0))
+    codes, scales = quantize_weight(w, bits, group)
+    qmax = 2 ** (bits - 1) - 1
+    assert codes.dtype == torch.int8 and codes.abs().max() <= qmax and codes.shape == w.shape
+    g = group if group and group < 200 else 200
+    assert scales.shape == (24, -(-200 // g))
+    deq = dequantize_weight(codes, scales, group)
+    per_col_scale = scales.repeat_interleave(g, 1)[:, :200]
+    assert ((w - deq).abs() <= per_col_scale / 2 + 1e-6).all()
+    # each group's largest weight is represented exactly at +-qmax
+    assert torch.allclose(deq.abs().amax(1), w.abs().amax(1), rtol=1e-5)
+    assert torch.equal(_unpack4(_pack4(codes.clamp(-7, 7)), 200), codes.clamp(-7, 7))
+
+
+def test_converted_weights_are_on_the_grid(calib_ids):
+    model = convert(tiny_llama(), calib_ids, SDLLMConfig(group_size=32))
+    m = model.model.layers[0].mlp.down_proj
+    codes, scales = quantize_weight(m.weight, 4, 32)
+    assert torch.allclose(dequantize_weight(codes, scales, 32), m.weight, atol=1e-6)
+    assert codes.abs().max() <= 7
+
+
+def _rate(model, ids):
+    from tasks.language.evaluate import activity
+
+    return activity(model, ids)
+
+
+def test_clipping_lowers_the_firing_rate(calib_ids):
+    ids = calib_ids[:1, :32]
+    full = _rate(convert(tiny_llama(), calib_ids, SDLLMConfig(D=7)), ids)
+    clipped_model = convert(tiny_llama(), calib_ids, SDLLMConfig(D=7, clip=2))
+    clipped = _rate(clipped_model, ids)
+    assert all(m.D == 2 for m in _sd_layers(clipped_model).values())
+    assert clipped.firing_rate < full.firing_rate and clipped.events_per_token < full.events_per_token
+    assert 0 < clipped.energy_per_token_mj < full.energy_per_token_mj
+    assert neurons.check_equivalence(clipped_model, ids).max_rel < 1e-4
+
+
+@pytest.mark.parametrize("rule", ["mse", "mean", "percentile"])
+def test_gamma_rules(rule, calib_ids):
+    model = convert(tiny_llama(), calib_ids, SDLLMConfig(gamma_rule=rule))
+    gammas = model.sdllm["gammas"]
+    assert len(gammas) == 14 and all(g > 0 for g in gammas.values())
+
+
+def test_mse_gamma_beats_max_scaling():
+    from tasks.language.sdllm import _Stats, choose_gamma
+
+    x = torch.randn(50000, generator=torch.Generator().manual_seed(0))
+    x[:5] = 40.0  # outliers
+    s = _Stats(1 << 16, torch.Generator().manual_seed(0))
+    s.update(x)
+    cfg = SDLLMConfig(D=7)
+    g = choose_gamma(s, cfg)
+
+    def err(gamma):
+        return float(((torch.round(torch.clamp(x / gamma, -7, 7)) * gamma - x) ** 2).mean())
+
+    assert err(g) < err(40.0 / 7) / 5
+
+
+def test_pack_unpack_roundtrip(calib_ids):
+    model = convert(tiny_llama(), calib_ids, SDLLMConfig(group_size=32))
+    state = pack_state(model)
+    assert state["model.layers.0.self_attn.q_proj.linear.qweight"].dtype == torch.uint8
+    assert "model.layers.0.self_attn.q_proj.linear.weight" not in state
+    with torch.device("meta"):
+        skeleton = type(model)(model.config)
+    replace_structure(skeleton, SDLLMConfig(group_size=32))
+    skeleton.to_empty(device="cpu")
+    unpack_state(skeleton, state)
+    ids = calib_ids[:1, :16]
+    with torch.no_grad():
+        assert torch.equal(skeleton(ids).logits, model(ids).logits)
+
+
+def test_bad_inputs(calib_ids, tokenizer):
+    class NoBlocks(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv1d(4, 4, 1)
+
+        def forward(self, x):
+            return self.conv(x)
+
+    with pytest.raises(ZooError, match="unsupported architecture"):
+        convert(NoBlocks(), calib_ids)
+    with pytest.raises(ZooError, match="empty calibration"):
+        convert(tiny_llama(), torch.zeros(0, 8, dtype=torch.long))
+    with pytest.raises(ZooError, match="empty calibration"):
+        convert(tiny_llama(), [], tokenizer=tokenizer)
+    with pytest.raises(ZooError, match="tokenizer mismatch"):
+        convert(tiny_llama(vocab=128), ["some text"], tokenizer=tokenizer)  # 300-token tokenizer, 128-token model
+    with pytest.raises(ZooError, match="tokenizer mismatch"):
+        convert(tiny_llama(vocab=128), torch.full((1, 8), 200))
+    with pytest.raises(ZooError, match="clip"):
+        SDLLMConfig(D=4, clip=5)
+    with pytest.raises(ZooError, match="gamma_rule"):
+        SDLLMConfig(gamma_rule="max")
+
+
+def test_text_calibration(tokenizer):
+    from .conftest import TEXT
+
+    model = convert(tiny_llama(), [TEXT[:300], TEXT[300:600]], tokenizer=tokenizer)
+    assert len(_sd_layers(model)) == 14
+
+
+def test_find_targets_restriction():
+    names = find_targets(tiny_llama(), ["q_proj", "v_proj"])
+    assert len(names) == 4 and all(n.endswith(("q_proj", "v_proj")) for n in names)
