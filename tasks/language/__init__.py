@@ -1,1 +1,63 @@
-"""language models, data adapters and evaluators (see the task's issue)."""
+"""Language models: SDLLM spike-driven conversion of Hugging Face LLMs, evaluators, fused decode.
+
+    import zoo, neurons
+    model = zoo.load("sdllm-llama2-7b", pretrained=False, base="/models/Llama-2-7b-hf")  # converted + cached
+    neurons.to_spike_driven(model)                                                       # ternary events
+
+or convert any model directly: ``tasks.language.sdllm.convert(hf_model, calibration_ids)``.
+"""
+
+from __future__ import annotations
+
+from zoo.registry import register
+
+from .sdllm import SDLinear, SDLLMConfig, convert
+
+__all__ = ["convert", "SDLLMConfig", "SDLinear"]
+
+_PAPER = "SDLLM (2026): spike-driven large language models by gamma-SQP conversion (no public code)"
+_ZERO_SHOT = "zero-shot avg, 5 tasks"  # PIQA, ARC-e, ARC-c, HellaSwag, WinoGrande
+_INPUT = "token ids [B, L] (LongTensor) from the base model's tokenizer; returns the base model's output (logits [B, L, vocab])"
+_NEURON = "Ternary (neurons.Ternary): counts in [-D, D] as -1/0/+1 events over D slots; gamma per layer from calibration"
+_NOTES = (
+    "Converted at load time from a local Hugging Face directory of the base model (zoo.load(name, pretrained=False, "
+    "base=PATH)); every q/k/v/o/gate/up/down linear becomes Ternary(gamma, D) + SpikeLinear with 4-bit group-128 "
+    "symmetric weights; embeddings, norms and lm_head stay full precision. The converted weights are cached "
+    "(safetensors, int4 codes + scales, sha256-checked) in the zoo cache. params: the base model's."
+)
+
+
+def _builder(name: str, hf_repo: str):
+    def build(base=None, **options):
+        from .models import build_sdllm
+
+        return build_sdllm(name, hf_repo, base=base, **options)
+
+    build.__name__ = f"build_{name.replace('-', '_').replace('.', '_')}"
+    return build
+
+
+def _card(hf_repo: str, params: int, metrics=()):
+    return dict(task="language", paper=_PAPER, code="", license="base model's license (" + hf_repo + ")",
+                input=_INPUT, T=1, D=7, neuron=_NEURON, weights=None, metrics=list(metrics),
+                notes=f"Base: {hf_repo}. " + _NOTES, params=params)
+
+
+_LLAMA2_7B_METRICS = [
+    dict(dataset=_ZERO_SHOT, metric="avg acc (%)", value=61.09, source="paper", note="SDLLM, W4 + 1.58-bit spikes; average of PIQA, ARC-e, ARC-c, HellaSwag, WinoGrande"),
+    dict(dataset=_ZERO_SHOT, metric="energy (J)", value=0.67, source="paper", note="SDLLM, paper's E_AC/E_MAC convention"),
+    dict(dataset=_ZERO_SHOT, metric="FP16 avg acc (%)", value=63.72, source="paper", note="the FP16 LLaMA-2-7B base"),
+    dict(dataset=_ZERO_SHOT, metric="FP16 energy (J)", value=31.77, source="paper", note="the FP16 LLaMA-2-7B base"),
+]
+
+HF_REPOS = {}  # model name -> Hugging Face repo of its base model
+for _name, _repo, _params, _metrics in (
+    ("sdllm-llama2-7b", "meta-llama/Llama-2-7b-hf", 6_738_415_616, _LLAMA2_7B_METRICS),
+    ("sdllm-llama2-13b", "meta-llama/Llama-2-13b-hf", 13_015_864_320, []),
+    ("sdllm-llama3-8b", "meta-llama/Meta-Llama-3-8B", 8_030_261_248, []),
+    ("sdllm-qwen2.5-14b", "Qwen/Qwen2.5-14B", 14_770_033_664, []),
+):
+    HF_REPOS[_name] = _repo
+    register(_name, **_card(_repo, _params, _metrics))(_builder(_name, _repo))
+
+from . import cli  # noqa: E402,F401  (registers zoo eval for language models)
