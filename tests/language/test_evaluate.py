@@ -165,3 +165,31 @@ def test_zoo_eval_cli(zoo_home, llama_dir, tmp_path, capsys):
     assert res["sdllm"]["activity"]["firing_rate"] > 0
     assert cli.main(["eval", "sdllm-llama2-7b", "--data", str(tmp_path / "missing.txt"), "--base", str(llama_dir)]) == 2
     assert "is not a file" in capsys.readouterr().err
+
+
+def test_lm_eval_adapter_with_a_stand_in_lm_eval(monkeypatch, tokenizer):
+    import sys
+    import types
+
+    if "lm_eval" not in sys.modules:  # lm_eval is not a dependency: stand in for its LM base class
+        api, model_mod = types.ModuleType("lm_eval.api"), types.ModuleType("lm_eval.api.model")
+        model_mod.LM = type("LM", (), {"__init__": lambda self: None})
+        monkeypatch.setitem(sys.modules, "lm_eval", types.ModuleType("lm_eval"))
+        monkeypatch.setitem(sys.modules, "lm_eval.api", api)
+        monkeypatch.setitem(sys.modules, "lm_eval.api.model", model_mod)
+    monkeypatch.delitem(sys.modules, "tasks.language.lm_eval_adapter", raising=False)
+    from tasks.language.lm_eval_adapter import SDLLMEvalLM
+
+    model = tiny_llama()
+    lm = SDLLMEvalLM(model, tokenizer, max_length=16)
+    req = types.SimpleNamespace
+    pairs = [("Question: a\nAnswer:", " yes"), ("The fox", " jumps")]
+    assert lm.loglikelihood([req(args=p) for p in pairs]) == loglikelihood(model, tokenizer, pairs)
+    (rolling,) = lm.loglikelihood_rolling([req(args=(TEXT[:120],))])
+    ids = [tokenizer.bos_token_id] + tokenizer(TEXT[:120], add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        full = F.log_softmax(model(torch.tensor([ids])).logits[0].double(), -1)
+    assert len(ids) > 16  # several windows
+    assert rolling < 0 and rolling == pytest.approx(sum(full[i - 1, ids[i]].item() for i in range(1, len(ids))), rel=0.05)
+    (text,) = lm.generate_until([req(args=("The quick", {"until": ["\n"], "max_gen_toks": 5}))])
+    assert isinstance(text, str)
