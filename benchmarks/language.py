@@ -1,0 +1,122 @@
+"""``zoo bench language``: fused static-cache decode vs transformers' eager ``generate``, and SDLLM conversion time.
+
+On a random Llama of about 134M parameters (hidden 768, 12 layers, 12 heads,
+MLP 2048, vocab 32000; ``--size tiny`` for a quick check), batch 1, greedy:
+
+* ``eager``: ``model.generate(do_sample=False)``, transformers' eager decode
+  with its dynamic KV cache (the reference);
+* ``fused``: :class:`tasks.language.decode.FusedDecoder`, static KV cache,
+  per-layer attention step and MLP compiled with ``torch.compile``
+  (compilation is done in a warm-up run and reported separately);
+* both produce the same tokens (checked).
+
+Reported as ratios (tokens/s fused / eager) over the median of ``--repeats``
+runs, plus the SDLLM conversion time of the same model (calibration on
+``--calib`` sequences of 128 tokens, weight quantisation, layer replacement)
+and the fused decode of the converted model relative to its eager decode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+from zoo.cli import task_command
+
+SIZES = {
+    "134m": dict(vocab_size=32000, hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12,
+                 num_key_value_heads=12),
+    "tiny": dict(vocab_size=512, hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2),
+}
+
+
+def _model(size: str, seed: int = 0):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(**SIZES[size], max_position_embeddings=2048, bos_token_id=0, eos_token_id=None, pad_token_id=0)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def _time(fn, repeats: int) -> tuple[float, object]:
+    times, out = [], None
+    for _ in range(repeats):
+        t = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), out
+
+
+def run(size: str = "134m", new_tokens: int = 32, prompt: int = 16, repeats: int = 3, calib: int = 8) -> dict:
+    import torch
+
+    from tasks.language.decode import FusedDecoder
+    from tasks.language.sdllm import SDLLMConfig, convert
+
+    model = _model(size)
+    params = sum(p.numel() for p in model.parameters())
+    ids = torch.randint(1, model.config.vocab_size, (1, prompt), generator=torch.Generator().manual_seed(0))
+
+    def eager(m):
+        return lambda: m.generate(ids, max_new_tokens=new_tokens, do_sample=False, eos_token_id=None, pad_token_id=0)
+
+    def fused_paths(m):
+        dec = FusedDecoder(m, max_len=prompt + new_tokens)
+        t = time.perf_counter()
+        dec.generate(ids, new_tokens)  # compiles
+        compile_s = time.perf_counter() - t
+        return dec, compile_s
+
+    report: dict = {"size": size, "params": params, "prompt": prompt, "new_tokens": new_tokens, "repeats": repeats}
+    with torch.no_grad():
+        eager(model)()  # warm-up
+        t_eager, ref = _time(eager(model), repeats)
+        dec, compile_s = fused_paths(model)
+        t_fused, out = _time(lambda: dec.generate(ids, new_tokens), repeats)
+    report["fp"] = {"eager_tok_s": new_tokens / t_eager, "fused_tok_s": new_tokens / t_fused,
+                    "speedup": t_eager / t_fused, "compile_s": compile_s, "same_tokens": bool(torch.equal(out, ref))}
+
+    calib_ids = torch.randint(1, model.config.vocab_size, (calib, 128), generator=torch.Generator().manual_seed(1))
+    t = time.perf_counter()
+    convert(model, calib_ids, SDLLMConfig())
+    report["conversion_s"] = time.perf_counter() - t
+    with torch.no_grad():
+        eager(model)()
+        t_eager, ref = _time(eager(model), repeats)
+        dec, compile_s = fused_paths(model)
+        t_fused, out = _time(lambda: dec.generate(ids, new_tokens), repeats)
+    report["sdllm"] = {"eager_tok_s": new_tokens / t_eager, "fused_tok_s": new_tokens / t_fused,
+                       "speedup": t_eager / t_fused, "compile_s": compile_s,
+                       "same_tokens": bool(torch.equal(out, ref))}
+    return report
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    def add(*flags, **kw):
+        if not any(f in parser._option_string_actions for f in flags):
+            parser.add_argument(*flags, **kw)
+
+    add("--size", choices=tuple(SIZES), default=None, help="random Llama size (language, default 134m)")
+    add("--new-tokens", type=int, default=None, metavar="N", help="greedy tokens per run (language, default 32)")
+    add("--prompt", type=int, default=None, metavar="N", help="prompt tokens (language, default 16)")
+    add("--repeats", type=int, default=None, metavar="N", help="timed runs per path (default 3)")
+
+
+@task_command("bench", "language", add_arguments)
+def run_bench(args) -> None:
+    report = run(args.size or "134m", args.new_tokens or 32, args.prompt or 16, args.repeats or 3)
+    if getattr(args, "json", False):
+        print(json.dumps(report, indent=2))
+        return
+    print(f"random Llama {report['size']} ({report['params'] / 1e6:.0f}M params), batch 1, prompt {report['prompt']}, "
+          f"{report['new_tokens']} greedy tokens, median of {report['repeats']} runs")
+    for label in ("fp", "sdllm"):
+        r = report[label]
+        print(f"{'full precision' if label == 'fp' else 'SDLLM (integer)'}: fused static-cache decode "
+              f"{r['speedup']:.2f}x the tokens/s of transformers eager generate "
+              f"(compile {r['compile_s']:.1f} s once; same tokens: {r['same_tokens']})")
+    print(f"SDLLM conversion (calibration + int4 weights + layer replacement): {report['conversion_s']:.2f} s")

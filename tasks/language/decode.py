@@ -1,0 +1,209 @@
+"""Fused greedy decoding for Llama / Qwen2 with a static, preallocated KV cache (CPU, torch.compile).
+
+After ClusterFusion (NeurIPS 2025), which fuses one decode step of a Llama
+attention block into one kernel, here each layer's attention block for one
+decode step is *one function* compiled with ``torch.compile``:
+
+    residual += delta                       (the previous block's output)
+    x = RMSNorm(residual)
+    q, k, v = x Wqkv (+ b)                  (one GEMV for q|k|v; SDLLM: Ternary-encoded x per projection)
+    q, k = RoPE(q, k, cos[pos], sin[pos])   (NeoX rotate-half, as transformers' Llama)
+    K[:, :, pos], V[:, :, pos] = k, v       (in-place write into the static cache)
+    a = softmax(q K^T / sqrt(d) + mask(pos)) V   over the whole static cache (positions > pos masked)
+    return residual, a Wo (+ b)
+
+The cache has a fixed length, so every step and every layer has the same
+shapes: the function compiles once and is reused. The MLP (post-attention
+RMSNorm, gate/up/down) is compiled as a second function (not fused with the
+attention, as in ClusterFusion); the final norm and lm_head run eagerly.
+
+The prompt is fed through the same step function token by token. Greedy
+decoding gives the tokens of transformers' ``generate(do_sample=False)``
+(tests/language/test_decode.py). SDLLM-converted models decode in their
+integer mode (the Ternary encoders are applied inside the fused function).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from zoo.errors import ZooError
+
+from .sdllm import SDLinear
+
+__all__ = ["FusedDecoder", "attention_step", "mlp_step"]
+
+
+def _rms(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return w * xf.to(x.dtype)
+
+
+def _encode(x: torch.Tensor, gamma: torch.Tensor | None, D: int) -> torch.Tensor:
+    if gamma is None:
+        return x
+    return torch.round(torch.clamp(x / gamma, -D, D)) * gamma
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), -1)
+
+
+def attention_step(residual, delta, ln_w, eps: float, projs, wo, bo, o_gamma, o_D: int, cos, sin, pos,
+                   k_cache, v_cache, n_heads: int, n_kv: int, head_dim: int):
+    """One decode step of one attention block (see the module docstring); mutates the caches.
+
+    ``projs``: ``[(W, b, gamma, D)]``, either one fused q|k|v projection or three.
+    Shapes: residual / delta ``[B, hidden]``, cos / sin ``[max_len, head_dim]``,
+    pos ``[1]`` (long), caches ``[B, n_kv, max_len, head_dim]``.
+    """
+    residual = residual + delta
+    x = _rms(residual, ln_w, eps)
+    outs = [F.linear(_encode(x, g, D), w, b) for w, b, g, D in projs]
+    qkv = outs[0] if len(outs) == 1 else torch.cat(outs, -1)
+    B = x.shape[0]
+    q, k, v = qkv.split([n_heads * head_dim, n_kv * head_dim, n_kv * head_dim], -1)
+    q = q.view(B, n_heads, head_dim)
+    k = k.view(B, n_kv, head_dim)
+    v = v.view(B, n_kv, head_dim)
+    c = cos.index_select(0, pos)  # [1, head_dim]
+    s = sin.index_select(0, pos)
+    q = q * c + _rotate_half(q) * s
+    k = k * c + _rotate_half(k) * s
+    k_cache.index_copy_(2, pos, k.unsqueeze(2).to(k_cache.dtype))
+    v_cache.index_copy_(2, pos, v.unsqueeze(2).to(v_cache.dtype))
+    group = n_heads // n_kv
+    qg = q.view(B, n_kv, group, head_dim)
+    scores = torch.einsum("bkgd,bksd->bkgs", qg, k_cache) / math.sqrt(head_dim)
+    valid = torch.arange(k_cache.shape[2], device=pos.device) <= pos
+    scores = scores.masked_fill(~valid, float("-inf"))
+    probs = torch.softmax(scores.float(), -1).to(q.dtype)
+    attn = torch.einsum("bkgs,bksd->bkgd", probs, v_cache).reshape(B, n_heads * head_dim)
+    return residual, F.linear(_encode(attn, o_gamma, o_D), wo, bo)
+
+
+def mlp_step(residual, delta, ln_w, eps: float, gate, up, down):
+    """Post-attention residual add, RMSNorm and the SwiGLU MLP; ``gate/up/down = (W, b, gamma, D)``."""
+    residual = residual + delta
+    x = _rms(residual, ln_w, eps)
+    g = F.linear(_encode(x, gate[2], gate[3]), gate[0], gate[1])
+    u = F.linear(_encode(x, up[2], up[3]), up[0], up[1])
+    h = F.silu(g) * u
+    return residual, F.linear(_encode(h, down[2], down[3]), down[0], down[1])
+
+
+def _proj(m: nn.Module):
+    if isinstance(m, SDLinear):
+        return (m.linear.weight, m.linear.bias, m.neuron.gamma, m.neuron.D)
+    if type(m) is nn.Linear:
+        return (m.weight, m.bias, None, 0)
+    raise ZooError(f"fused decode supports nn.Linear and SDLinear projections, got {type(m).__name__}")
+
+
+@dataclass
+class _Layer:
+    ln1: torch.Tensor
+    eps1: float
+    projs: list
+    o: tuple
+    ln2: torch.Tensor
+    eps2: float
+    gate: tuple
+    up: tuple
+    down: tuple
+
+
+class FusedDecoder:
+    """Greedy decoding of a Llama-style causal LM with a static KV cache and compiled per-layer steps.
+
+    ``FusedDecoder(model, max_len=512).generate(input_ids, max_new_tokens=64)``.
+    ``compile=False`` runs the same functions eagerly (for checking).
+    """
+
+    def __init__(self, model: nn.Module, max_len: int = 2048, batch_size: int = 1, compile: bool = True):
+        inner = getattr(model, "model", None)
+        layers = getattr(inner, "layers", None)
+        if layers is None or not hasattr(model, "lm_head") or not hasattr(layers[0], "self_attn"):
+            raise ZooError(f"fused decode supports Llama / Qwen2-style causal LMs (model.model.layers, lm_head), not {type(model).__name__}")
+        cfg = model.config
+        self.model = model.eval()
+        self.n_heads = cfg.num_attention_heads
+        self.n_kv = getattr(cfg, "num_key_value_heads", None) or self.n_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
+        self.max_len = int(max_len)
+        self.batch_size = int(batch_size)
+        param = next(model.parameters())
+        self.device, self.dtype = param.device, param.dtype
+        self.layers = []
+        with torch.no_grad():
+            for layer in layers:
+                att, mlp = layer.self_attn, layer.mlp
+                q, k, v = _proj(att.q_proj), _proj(att.k_proj), _proj(att.v_proj)
+                if q[2] is None and k[2] is None and v[2] is None:  # full precision: one GEMV for q|k|v
+                    b = None if q[1] is None else torch.cat([q[1], k[1], v[1]])
+                    projs = [(torch.cat([q[0], k[0], v[0]]).contiguous(), b, None, 0)]
+                else:
+                    projs = [q, k, v]
+                self.layers.append(_Layer(
+                    ln1=layer.input_layernorm.weight, eps1=float(layer.input_layernorm.variance_epsilon), projs=projs,
+                    o=_proj(att.o_proj), ln2=layer.post_attention_layernorm.weight,
+                    eps2=float(layer.post_attention_layernorm.variance_epsilon),
+                    gate=_proj(mlp.gate_proj), up=_proj(mlp.up_proj), down=_proj(mlp.down_proj)))
+            positions = torch.arange(self.max_len, device=self.device)[None]
+            dummy = torch.zeros(1, device=self.device, dtype=self.dtype)
+            cos, sin = inner.rotary_emb(dummy, positions)
+            self.cos, self.sin = cos[0].contiguous(), sin[0].contiguous()
+        shape = (self.batch_size, self.n_kv, self.max_len, self.head_dim)  # one preallocated buffer per layer
+        self.k_cache = [torch.zeros(shape, device=self.device, dtype=self.dtype) for _ in self.layers]
+        self.v_cache = [torch.zeros(shape, device=self.device, dtype=self.dtype) for _ in self.layers]
+        self.pos = 0
+        self._attn = torch.compile(attention_step, dynamic=False) if compile else attention_step
+        self._mlp = torch.compile(mlp_step, dynamic=False) if compile else mlp_step
+
+    def reset(self) -> None:
+        self.pos = 0
+        for c in self.k_cache + self.v_cache:
+            c.zero_()
+
+    @torch.no_grad()
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Feed one token per sequence (``[B]``); return the next-token logits ``[B, vocab]``."""
+        if self.pos >= self.max_len:
+            raise ZooError(f"the static KV cache is full ({self.max_len} tokens); build FusedDecoder with a larger max_len")
+        inner = self.model.model
+        residual = inner.embed_tokens(tokens.to(self.device))
+        delta = torch.zeros_like(residual)
+        pos = torch.tensor([self.pos], device=self.device)
+        for i, L in enumerate(self.layers):
+            residual, delta = self._attn(residual, delta, L.ln1, L.eps1, L.projs, L.o[0], L.o[1], L.o[2], L.o[3],
+                                         self.cos, self.sin, pos, self.k_cache[i], self.v_cache[i],
+                                         self.n_heads, self.n_kv, self.head_dim)
+            residual, delta = self._mlp(residual, delta, L.ln2, L.eps2, L.gate, L.up, L.down)
+        self.pos += 1
+        return self.model.lm_head(inner.norm(residual + delta)).float()
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int = 64) -> torch.Tensor:
+        """Greedy decoding: ``[B, P]`` prompt -> ``[B, P + max_new_tokens]`` (no early stop at EOS)."""
+        if input_ids.ndim != 2 or input_ids.shape[0] != self.batch_size:
+            raise ZooError(f"input_ids must be [{self.batch_size}, P], got {list(input_ids.shape)}")
+        if input_ids.shape[1] + max_new_tokens > self.max_len:
+            raise ZooError(f"prompt + new tokens ({input_ids.shape[1] + max_new_tokens}) exceed max_len={self.max_len}")
+        self.reset()
+        logits = None
+        for t in range(input_ids.shape[1]):
+            logits = self.step(input_ids[:, t])
+        out = [input_ids.to(self.device)]
+        for i in range(max_new_tokens):
+            nxt = logits.argmax(-1)
+            out.append(nxt[:, None])
+            if i + 1 < max_new_tokens:
+                logits = self.step(nxt)
+        return torch.cat(out, 1)
