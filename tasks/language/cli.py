@@ -45,19 +45,21 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def evaluate_model(model, tokenizer, data: Path, args) -> dict:
-    from .evaluate import activity, perplexity, zero_shot
+    from .evaluate import activity, load_choices, perplexity, zero_shot
 
     limit = getattr(args, "limit", None)
     if data.suffix == ".jsonl":
         res = zero_shot(model, tokenizer, data, task=getattr(args, "lm_task", None), limit=limit)
         out = {"task": res.task, "acc": res.acc, "acc_norm": res.acc_norm, "questions": res.questions}
-        probe = tokenizer(data.read_text(encoding="utf-8").splitlines()[0], return_tensors="pt")["input_ids"][:, :256]
+        q = load_choices(data, getattr(args, "lm_task", None), limit=1)[1][0]
+        probe = tokenizer((q.contexts or [q.context])[0] + q.choices[0], return_tensors="pt")["input_ids"]
     else:
         context = getattr(args, "context", None) or 2048
         res = perplexity(model, data, tokenizer, context=context, stride=getattr(args, "stride", None), max_windows=limit)
         out = {"task": "perplexity", **res.to_dict()}
         probe = tokenizer(data.read_text(encoding="utf-8")[:20000], return_tensors="pt")["input_ids"][:, :min(context, 512)]
-    out["activity"] = activity(model, probe).to_dict()  # first window / first record, as detection's first image
+    # activity and energy on the first question / the first window (at most 512 tokens), as detection's first image
+    out["activity"] = activity(model, probe).to_dict()
     return out
 
 

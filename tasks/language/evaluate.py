@@ -289,7 +289,7 @@ def zero_shot(model, tokenizer, data, task: str | None = None, limit: int | None
 @dataclass
 class Activity:
     tokens: int
-    firing_rate: float | None  # mean |count| per neuron (per token, all spiking layers)
+    firing_rate: float | None  # mean |count| per neuron per token, all spiking layers (per event slot: / D)
     events_per_token: float  # ternary events (sum |C|) entering spiking layers, per token
     acs_per_token: float  # event accumulates per token
     macs_per_token: float  # full-precision multiply-accumulates per token (lm_head, unconverted layers)

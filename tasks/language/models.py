@@ -161,13 +161,15 @@ def _verify_cached(path: Path) -> bool:
 def build_sdllm(name: str, hf_repo: str | None, base=None, *, D: int = 7, clip: int | None = None, w_bits: int = 4,
                 group_size: int = 128, gamma_rule: str = "mse", calibration=None, calib_file=None,
                 calib_samples: int = DEFAULT_CALIB["samples"], calib_seq_len: int = DEFAULT_CALIB["seq_len"],
-                dtype: str = "float32", cache: bool = True, **extra):
+                dtype: str = "float32", cache: bool = True, calib_device: str | None = None, **extra):
     """Build (convert or load from cache) the SDLLM model of ``base``; see the module docstring.
 
     ``calibration``: token ids ``[N, L]`` or a list of texts; ``calib_file``: a
     text file to draw ``calib_samples`` windows of ``calib_seq_len`` tokens from
     (WikiText-2 train, as SpikeLLM). Neither: random token ids (a fallback; pass
-    real text for real accuracy). Other keywords are :class:`SDLLMConfig` fields.
+    real text for real accuracy). ``calib_device``: run the conversion there
+    (e.g. ``"cuda"``; the model stays there). Other keywords are
+    :class:`SDLLMConfig` fields.
     """
     _require_transformers()
     if dtype not in _DTYPES:
@@ -205,6 +207,8 @@ def build_sdllm(name: str, hf_repo: str | None, base=None, *, D: int = 7, clip: 
         return model.eval()
 
     model, tok = load_base(path_base, torch_dtype)
+    if calib_device is not None:
+        model.to(calib_device)
     if calibration is None:
         vocab = model.get_input_embeddings().num_embeddings
         calibration = calibration_from_tokenizer(tok, _read_calib_texts(calib_file), vocab, calib_samples,

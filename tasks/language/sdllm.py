@@ -453,10 +453,10 @@ def pack_state(model: nn.Module) -> dict[str, torch.Tensor]:
             m = quantised[name]
             codes, scales = quantize_weight(t, m.w_bits, m.group_size)  # exact: t is already on the grid
             base = name[: -len("weight")]
-            state[base + "qweight"] = _pack4(codes) if m.w_bits <= 4 else codes
-            state[base + "qscale"] = scales
+            state[base + "qweight"] = (_pack4(codes) if m.w_bits <= 4 else codes).cpu()
+            state[base + "qscale"] = scales.cpu()
         else:
-            state[name] = t.detach()
+            state[name] = t.detach().cpu()
     return state
 
 
