@@ -16,9 +16,9 @@ from .sdllm import SDLinear, SDLLMConfig, convert
 __all__ = ["convert", "SDLLMConfig", "SDLinear"]
 
 _PAPER = "SDLLM (2026): spike-driven large language models by gamma-SQP conversion (no public code)"
-_ZERO_SHOT = "zero-shot avg, 5 tasks"  # PIQA, ARC-e, ARC-c, HellaSwag, WinoGrande
+_ZERO_SHOT = "5 zero-shot tasks (avg)"  # PIQA, ARC-e, ARC-c, HellaSwag, WinoGrande
 _INPUT = "token ids [B, L] (LongTensor) from the base model's tokenizer; returns the base model's output (logits [B, L, vocab])"
-_NEURON = "Ternary (neurons.Ternary): counts in [-D, D] as -1/0/+1 events over D slots; gamma per layer from calibration"
+_NEURON = "Ternary (gamma-SQP; -1/0/+1 events)"
 _NOTES = (
     "Converted at load time from a local Hugging Face directory of the base model (zoo.load(name, pretrained=False, "
     "base=PATH)); every q/k/v/o/gate/up/down linear becomes Ternary(gamma, D) + SpikeLinear with 4-bit group-128 "
@@ -44,9 +44,9 @@ def _card(hf_repo: str, params: int, metrics=()):
 
 
 _LLAMA2_7B_METRICS = [
-    dict(dataset=_ZERO_SHOT, metric="avg acc (%)", value=61.09, source="paper", note="SDLLM, W4 + 1.58-bit spikes; average of PIQA, ARC-e, ARC-c, HellaSwag, WinoGrande"),
+    dict(dataset=_ZERO_SHOT, metric="acc (%)", value=61.09, source="paper", note="SDLLM, W4 + 1.58-bit spikes; average of PIQA, ARC-e, ARC-c, HellaSwag, WinoGrande"),
     dict(dataset=_ZERO_SHOT, metric="energy (J)", value=0.67, source="paper", note="SDLLM, paper's E_AC/E_MAC convention"),
-    dict(dataset=_ZERO_SHOT, metric="FP16 avg acc (%)", value=63.72, source="paper", note="the FP16 LLaMA-2-7B base"),
+    dict(dataset=_ZERO_SHOT, metric="FP16 acc (%)", value=63.72, source="paper", note="the FP16 LLaMA-2-7B base"),
     dict(dataset=_ZERO_SHOT, metric="FP16 energy (J)", value=31.77, source="paper", note="the FP16 LLaMA-2-7B base"),
 ]
 
