@@ -228,6 +228,8 @@ def find_targets(model: nn.Module, targets: Sequence[str] | None = None) -> list
     Llama / Qwen2, ``encoder.layer`` of BERT). ``targets``: name suffixes
     (``["q_proj", "v_proj"]``) to restrict to.
     """
+    if any(isinstance(m, SDLinear) for m in model.modules()):
+        raise ZooError(f"{type(model).__name__} is already converted (it has SDLinear layers); convert the full-precision model")
     names = []
     for prefix, blocks in _block_lists(model):
         for sub, m in blocks.named_modules():

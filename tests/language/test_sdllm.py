@@ -171,6 +171,9 @@ def test_bad_inputs(calib_ids, tokenizer):
         convert(tiny_llama(vocab=128), ["some text"], tokenizer=tokenizer)  # 300-token tokenizer, 128-token model
     with pytest.raises(ZooError, match="tokenizer mismatch"):
         convert(tiny_llama(vocab=128), torch.full((1, 8), 200))
+    converted = convert(tiny_llama(), calib_ids)
+    with pytest.raises(ZooError, match="already converted"):
+        convert(converted, calib_ids)
     with pytest.raises(ZooError, match="clip"):
         SDLLMConfig(D=4, clip=5)
     with pytest.raises(ZooError, match="gamma_rule"):
