@@ -81,5 +81,7 @@ def load(
     if mode == "spike":
         neurons.to_spike_driven(model)
     model.card = card
+    if card.classes:
+        model.names = list(card.classes)
     neurons.auto_reset(model)
     return model.eval().to(device)

@@ -119,7 +119,7 @@ def verify(path: Path, e: WeightsEntry) -> Path:
     digest = sha256_file(path)
     if expected and digest != expected:
         raise WeightsError(f"{path} has sha256 {digest[:16]}..., expected {expected[:16]}...: the file is corrupt or not {e.key}; delete it and download again")
-    if not expected:
+    if not expected and not e.bundled:  # bundled files carry their hash in the manifest
         _atomic_write_text(pin, digest + "\n")
     return path
 

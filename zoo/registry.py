@@ -44,6 +44,7 @@ class ModelCard:
     T: int = 1
     D: int = 4
     neuron: str = ""
+    classes: tuple = ()  # output class names, in index order (tasks that classify)
     weights: str | None = None  # key in weights/manifest.toml
     converter: str = ""  # "module:function" mapping an official state dict to this model's keys
     metrics: list[Metric] = field(default_factory=list)
@@ -53,6 +54,7 @@ class ModelCard:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["input_size"] = list(self.input_size)
+        d["classes"] = list(self.classes)
         return d
 
 

@@ -110,6 +110,8 @@ from torch import nn
 
 import neurons
 from neurons import BinaryLIF, SpikeConv3d, TopKSpike
+
+from .data import EVDET200K_CLASSES, VOC_CLASSES
 from zoo.errors import WeightsError, ZooError
 from zoo.registry import register
 
@@ -811,14 +813,14 @@ def _builder(**defaults):
 
 
 register(
-    "tde-spikeyolo-voc", **_COMMON,
+    "tde-spikeyolo-voc", **_COMMON, classes=VOC_CLASSES,
     metrics=[dict(dataset="PASCAL VOC 2007 test (07+12 trainval)", metric="mAP@50:95", value=57.7, source="paper",
                   note="TDE(SDA), T=4")],
     notes="nc=20 (config/VOC.yaml). " + _NOTES,
 )(_builder(config="TDE(SDA)", scale="s", nc=20, T=4))
 
 register(
-    "tde-spikeyolo-evdet200k", **_COMMON,
+    "tde-spikeyolo-evdet200k", **_COMMON, classes=EVDET200K_CLASSES,
     metrics=[dict(dataset="EvDET200K test", metric="mAP@50:95", value=47.6, source="paper", note="TDE(SDA), T=4")],
     notes="nc=10 (config/EvDET200K.yaml: people, car, bicycle, electric bicycle, basketball, ping_pong, goose, cat, "
           "bird, UAV; event frames rendered as RGB images). " + _NOTES,
