@@ -48,6 +48,8 @@ def _count_ste(x: torch.Tensor, low: float, high: float, half_up: bool = False) 
     """
     clamped = torch.clamp(x, low, high)
     hard = torch.floor(clamped + 0.5) if half_up else torch.round(clamped)
+    if not (x.requires_grad and torch.is_grad_enabled()):
+        return hard  # inference: no straight-through bookkeeping
     return clamped + (hard - clamped).detach()
 
 

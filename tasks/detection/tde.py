@@ -679,19 +679,8 @@ def build_tde(config: str = "TDE(SDA)", scale="s", nc: int = 20, T: int = 4, rep
 
 # --------------------------------------------------------------------------- official state dicts
 
-_SHOW = 5
-
-
-def _names(keys) -> str:
-    keys = sorted(keys)
-    more = f" (+{len(keys) - _SHOW} more)" if len(keys) > _SHOW else ""
-    return ", ".join(keys[:_SHOW]) + more
-
-
-def _count(state: dict, layer: int) -> int:
-    pat = re.compile(rf"^model\.{layer}\.(\d+)\.")
-    found = {int(mm.group(1)) for k in state if (mm := pat.match(k))}
-    return max(found) + 1 if found else 1
+from .convert import _names  # noqa: E402
+from .convert import _repeats as _count  # noqa: E402
 
 
 def infer_config(state: dict[str, torch.Tensor]) -> dict:
