@@ -17,7 +17,9 @@ shapes: the function compiles once and is reused. The MLP (post-attention
 RMSNorm, gate/up/down) is compiled as a second function (not fused with the
 attention, as in ClusterFusion); the final norm and lm_head run eagerly.
 
-The prompt is fed through the same step function token by token. Greedy
+The prompt runs as one batched forward of the model (its keys and values
+are copied into the static cache), then each new token goes through the
+fused steps. Greedy
 decoding gives the tokens of transformers' ``generate(do_sample=False)``
 (tests/language/test_decode.py). SDLLM-converted models decode in their
 integer mode (the Ternary encoders are applied inside the fused function).
@@ -107,6 +109,20 @@ def _proj(m: nn.Module):
     raise ZooError(f"fused decode supports nn.Linear and SDLinear projections, got {type(m).__name__}")
 
 
+def _cache_tensors(cache, n_layers: int):
+    """``[(keys, values)]`` per layer (``[B, n_kv, P, head_dim]``, after RoPE) from a transformers cache, or None."""
+    if cache is None:
+        return None
+    layers = getattr(cache, "layers", None)
+    if layers is not None and len(layers) == n_layers and all(hasattr(l, "keys") for l in layers):
+        return [(l.keys, l.values) for l in layers]
+    if hasattr(cache, "key_cache") and len(cache.key_cache) == n_layers:  # transformers 4.x DynamicCache
+        return list(zip(cache.key_cache, cache.value_cache))
+    if isinstance(cache, (tuple, list)) and len(cache) == n_layers:  # legacy tuple of (k, v)
+        return [(k, v) for k, v in cache]
+    return None
+
+
 @dataclass
 class _Layer:
     ln1: torch.Tensor
@@ -190,6 +206,26 @@ class FusedDecoder:
         return self.model.lm_head(inner.norm(residual + delta)).float()
 
     @torch.no_grad()
+    def prefill(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Run the prompt ``[B, P]`` in one batched forward of the model, copy its keys and values into the
+        static cache, and return the last position's logits ``[B, vocab]``. Falls back to feeding the prompt
+        token by token through :meth:`step` when the model's cache layout is not recognised."""
+        P = input_ids.shape[1]
+        out = self.model(input_ids=input_ids.to(self.device), use_cache=True)
+        kv = _cache_tensors(getattr(out, "past_key_values", None), len(self.layers))
+        if kv is None:
+            self.reset()
+            logits = None
+            for t in range(P):
+                logits = self.step(input_ids[:, t])
+            return logits
+        for i, (k, v) in enumerate(kv):
+            self.k_cache[i][:, :, :P] = k
+            self.v_cache[i][:, :, :P] = v
+        self.pos = P
+        return out.logits[:, -1].float()
+
+    @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int = 64) -> torch.Tensor:
         """Greedy decoding: ``[B, P]`` prompt -> ``[B, P + max_new_tokens]`` (no early stop at EOS)."""
         if input_ids.ndim != 2 or input_ids.shape[0] != self.batch_size:
@@ -197,9 +233,7 @@ class FusedDecoder:
         if input_ids.shape[1] + max_new_tokens > self.max_len:
             raise ZooError(f"prompt + new tokens ({input_ids.shape[1] + max_new_tokens}) exceed max_len={self.max_len}")
         self.reset()
-        logits = None
-        for t in range(input_ids.shape[1]):
-            logits = self.step(input_ids[:, t])
+        logits = self.prefill(input_ids)
         out = [input_ids.to(self.device)]
         for i in range(max_new_tokens):
             nxt = logits.argmax(-1)

@@ -25,8 +25,8 @@ Design choices (SDLLM has no public code; see ``/work/shared/ANCHORS.md``):
   ternary events that is 7 slots instead of the 15 an unsigned code needs.
   ``D`` is configurable (``D=4``: 9 levels, 4 slots).
 * ``gamma`` rule ``"mse"`` by default: on a sample of each layer's calibration
-  inputs, the step among ``mean|x| * c`` (a grid of ``c``) and ``max|x| / D``
-  that minimises the quantisation error ``||x - gamma C(x)||^2``. LLM
+  inputs (64k values), the step among ``mean|x| * c`` (a coarse grid of ``c`` in
+  [0.05, 4], refined around its best) and ``max|x| / D`` that minimises the quantisation error ``||x - gamma C(x)||^2``. LLM
   activations are heavy-tailed (a few outlier channels): ``max|x|/D`` wastes
   the levels on outliers, a fixed ``mean|x|/k`` (SpikingBrain's dynamic
   threshold, rule ``"mean"``) ignores ``D``; the MSE search adapts to both.
@@ -296,8 +296,12 @@ class _Stats:
 
 def _quant_error(x: torch.Tensor, gamma: torch.Tensor, bound: int) -> torch.Tensor:
     """Squared quantisation error for each candidate gamma ([G]) on samples x ([N])."""
-    q = torch.round(torch.clamp(x.unsqueeze(0) / gamma.unsqueeze(1), -bound, bound)) * gamma.unsqueeze(1)
-    return ((q - x.unsqueeze(0)) ** 2).sum(1)
+    x = x.float()
+    out = []
+    for g in gamma.float().split(8):  # bounded memory: [8, N] at a time
+        q = torch.round(torch.clamp(x.unsqueeze(0) / g.unsqueeze(1), -bound, bound)) * g.unsqueeze(1)
+        out.append(((q - x.unsqueeze(0)) ** 2).sum(1, dtype=torch.float64))
+    return torch.cat(out)
 
 
 def choose_gamma(stats: _Stats, config: SDLLMConfig) -> float:
@@ -314,10 +318,13 @@ def choose_gamma(stats: _Stats, config: SDLLMConfig) -> float:
         return max(q / config.D, tiny)
     if mean_abs <= tiny:
         return 1.0
-    cands = torch.cat([mean_abs * torch.linspace(0.05, 4.0, 80, dtype=torch.float64),
-                       torch.tensor([stats.max / config.D], dtype=torch.float64)])
-    err = _quant_error(x.double(), cands, config.D)
-    return max(float(cands[int(err.argmin())]), tiny)
+    # coarse grid over mean|x| * [0.05, 4] plus max|x| / D, then a fine grid around the best coarse step
+    coarse = torch.cat([mean_abs * torch.linspace(0.05, 4.0, 24), torch.tensor([stats.max / config.D])])
+    best = float(coarse[int(_quant_error(x, coarse, config.D).argmin())])
+    width = mean_abs * (4.0 - 0.05) / 23
+    fine = torch.linspace(max(best - width, tiny), best + width, 17)
+    fine = torch.cat([fine, torch.tensor([best])])
+    return max(float(fine[int(_quant_error(x, fine, config.D).argmin())]), tiny)
 
 
 def _check_tokenizer(model: nn.Module, tokenizer) -> None:

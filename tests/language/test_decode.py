@@ -66,3 +66,17 @@ def test_language_benchmark_runs(monkeypatch):
     report = bench.run(size="tiny", new_tokens=4, prompt=4, repeats=1, calib=2)
     assert report["fp"]["same_tokens"] and report["sdllm"]["same_tokens"]
     assert report["fp"]["speedup"] > 0 and report["conversion_s"] > 0
+
+
+def test_prefill_fills_the_static_cache_like_stepping():
+    model = _llama()
+    ids = torch.randint(3, 300, (1, 7), generator=torch.Generator().manual_seed(2))
+    batched = FusedDecoder(model, max_len=16, compile=False)
+    logits = batched.prefill(ids)
+    stepped = FusedDecoder(model, max_len=16, compile=False)
+    for t in range(7):
+        ref = stepped.step(ids[:, t])
+    assert batched.pos == stepped.pos == 7
+    assert torch.allclose(logits, ref, atol=1e-4)
+    for a, b in zip(batched.k_cache + batched.v_cache, stepped.k_cache + stepped.v_cache):
+        assert torch.allclose(a, b, atol=1e-5)
