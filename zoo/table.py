@@ -6,7 +6,7 @@ from __future__ import annotations
 def fmt_count(n: float | int | None) -> str:
     if n is None:
         return "-"
-    for unit, div in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+    for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
         if abs(n) >= div:
             return f"{n / div:.2f}{unit}"
     return f"{n:g}" if isinstance(n, float) else str(n)

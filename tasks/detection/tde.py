@@ -780,7 +780,7 @@ _NOTES = (
 _COMMON = dict(
     task="detection", paper=_PAPER, arxiv="2512.02447", code="https://github.com/Mortal825/TDE",
     license="AGPL-3.0", input=_INPUT, input_size=(1, 3, 640, 640), T=4, D=1,
-    neuron="binary LIF, decay 0.25, reset 0.5 x spike (tasks.detection.tde.BinaryLIF)",
+    neuron="binary LIF, decay 0.25, reset 0.5 x spike (neurons.BinaryLIF)",
     weights=None, converter="tasks.detection.tde:from_official",
 )
 
