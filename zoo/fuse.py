@@ -115,7 +115,7 @@ def _max_diff(a, b) -> float:
 
 
 def optimize_for_inference(model: nn.Module, *example, channels_last: bool = True) -> nn.Module:
-    """BN folded, weights in channels_last (outputs equal to ``model``'s, checked on ``example``)."""
+    """A copy of ``model`` with BN folded (see :func:`fold_batchnorm`) and weights in channels_last."""
     fast, _ = fold_batchnorm(model, *example)
     if channels_last:
         fast = fast.to(memory_format=torch.channels_last)
