@@ -56,6 +56,7 @@ def test_profile(capsys, tmp_path, tiny):
 
 
 def test_console_script_entry_point():
+    cli.build_parser()  # registers every task's and benchmark suite's verbs in this process too
     out = subprocess.run([sys.executable, "-m", "zoo.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "profile" in out.stdout
     for verb in ("predict", "eval", "train", "bench"):
