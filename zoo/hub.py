@@ -4,7 +4,7 @@
   (https URL, Google Drive file id, Hugging Face repo + file + revision), sha256,
   size, format, and which model converter reads it.
 * Files live in a cache (``$ZOO_HOME``, default ``~/.cache/spiking-zoo``),
-  written to ``NAME.part`` while downloading (resumed with an HTTP Range
+  written to ``.partial/NAME.part`` while downloading (resumed with an HTTP Range
   request after an interruption) and renamed into place atomically only after
   the sha256 matches.
 * The sha256 is checked on every load, not only after download. Where the
@@ -40,6 +40,7 @@ HF_URL = "{endpoint}/{repo}/resolve/{revision}/{file}"
 CHUNK = 1 << 20
 TIMEOUT = 15
 RETRIES = 5
+PARTIAL = ".partial"  # unfinished downloads, kept for resuming, beside (not in) the cached files
 
 
 @dataclass
@@ -180,7 +181,8 @@ def download(url: str, dest: Path, e: WeightsEntry | None = None, progress: bool
     """Download ``url`` to ``dest``: resumable ``.part`` file, sha256 check, atomic rename."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
+    part = dest.parent / PARTIAL / (dest.name + ".part")  # outside the cache proper: never loaded
+    part.parent.mkdir(exist_ok=True)
     e = e or WeightsEntry(key=dest.name, file=dest.name, format="")
     pages = interruptions = 0
     while True:
@@ -225,7 +227,7 @@ def download(url: str, dest: Path, e: WeightsEntry | None = None, progress: bool
         part.with_name(part.name + ".sha256").unlink(missing_ok=True)
         raise WeightsError(f"download of {dest.name} failed verification ({err}); nothing was kept, try again") from None
     pin = part.with_name(part.name + ".sha256")
-    if pin.exists():
+    if pin.exists():  # a hash pinned for an entry we could not verify: it moves with the file
         os.replace(pin, dest.with_name(dest.name + ".sha256"))
     os.replace(part, dest)
     return dest
