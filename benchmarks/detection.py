@@ -43,6 +43,20 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def firing_statistics(model):
+    """Random BN statistics that make a randomly initialised model's neurons fire as a trained model's do."""
+    import torch
+
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.4)
+    return model
+
+
 def _model(name: str, weights: str | None, seed: int = 0):
     import torch
 
@@ -50,15 +64,7 @@ def _model(name: str, weights: str | None, seed: int = 0):
 
     torch.manual_seed(seed)
     model = zoo.load(name, pretrained=False, weights=weights)
-    if weights is None:  # random weights with BN statistics that make the neurons fire as a trained model's do
-        with torch.no_grad():
-            for m in model.modules():
-                if isinstance(m, torch.nn.BatchNorm2d):
-                    m.running_mean.uniform_(-0.5, 0.5)
-                    m.running_var.uniform_(0.5, 2.0)
-                    m.weight.uniform_(0.5, 1.5)
-                    m.bias.uniform_(-0.2, 0.4)
-    return model
+    return firing_statistics(model) if weights is None else model
 
 
 def worker(path: str, name: str, weights: str | None, imgsz: int, repeats: int) -> dict:
