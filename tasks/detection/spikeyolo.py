@@ -489,6 +489,21 @@ class SpikeYOLOConfig:
         return tuple(_repeats(n, self.depth) for n in (3, 6, 9, 3))
 
 
+def layer_widths(width: float, max_ch: int) -> tuple[int, ...]:
+    """Output channels of YAML layers 1, 3, 5, 7, 9, 10, 13, 14, 17, 18, 20, 21, 23, 24 at this scale.
+
+    MS_DownSampling scales without a cap (``int(c * width)``), MS_StandardConv caps at
+    ``max_ch * width``, SpikeSPPF rounds up to a multiple of 8; concatenations add up.
+    """
+    ds = lambda c: int(c * width)  # noqa: E731
+    std = lambda c: min(int(c * width), int(max_ch * width))  # noqa: E731
+    c1, c3, c5, c7 = ds(128), ds(256), ds(512), ds(1024)
+    c9 = _make_divisible(min(1024, max_ch) * width)
+    c10, c14, c18, c20, c23 = std(512), std(256), std(256), std(256), std(512)
+    c13, c17, c21 = c10 + c5, c14 + c3, c20 + c14
+    return c1, c3, c5, c7, c9, c10, c13, c14, c17, c18, c20, c21, c23, c23 + c10
+
+
 def _stack(blocks: list[nn.Module]) -> nn.Module:
     """One block as it is, several in an nn.Sequential (the official key layout: model.4.0..., model.2....)."""
     return blocks[0] if len(blocks) == 1 else nn.Sequential(*blocks)
@@ -508,22 +523,8 @@ class SpikeYOLO(nn.Module):
             neuron = lambda: neurons.ILIFGen1(detach_reset=True)  # noqa: E731
         else:
             neuron = neurons.ILIF
-        w, mc = cfg.width, cfg.max_ch
-        ds = lambda c: int(c * w)  # noqa: E731  MS_DownSampling widths
-        std = lambda c: min(int(c * w), int(mc * w))  # noqa: E731  MS_StandardConv widths
         n2, n4, n6, n8 = cfg.block_repeats()
-
-        c1, c3, c5, c7 = ds(128), ds(256), ds(512), ds(1024)
-        c9 = _make_divisible(min(1024, mc) * w)
-        c10 = std(512)
-        c13 = c10 + c5
-        c14 = std(256)
-        c17 = c14 + c3
-        c18 = std(256)
-        c20 = std(256)
-        c21 = c20 + c14
-        c23 = std(512)
-        c24 = c23 + c10
+        c1, c3, c5, c7, c9, c10, c13, c14, c17, c18, c20, c21, c23, c24 = layer_widths(cfg.width, cfg.max_ch)
         up = lambda: nn.Upsample(scale_factor=(1, 2, 2), mode="nearest")  # noqa: E731  on [T, B, C, H, W]
 
         self.model = nn.ModuleList([

@@ -117,7 +117,7 @@ from zoo.registry import register
 
 from .spikeyolo import (
     SCALES, Concat, GetT, MS_AllConvBlock, MS_ConvBlock, MS_DownSampling, MS_StandardConv, SpikeDetect,
-    SpikeSPPF, _make_divisible, _repeats, _stack, batch_norm, per_step,
+    SpikeSPPF, _repeats, _stack, batch_norm, layer_widths, per_step,
 )
 
 __all__ = [
@@ -477,22 +477,9 @@ class TDE(nn.Module):
         self.cfg = cfg
         lay, T = cfg.layout, int(cfg.T)
         neuron = BinaryLIF
-        w, mc = cfg.width, cfg.max_ch
-        ds = lambda c: int(c * w)  # noqa: E731
-        std = lambda c: min(int(c * w), int(mc * w))  # noqa: E731
         n1, n3, n5, n7 = cfg.block_repeats()
-
-        c1, c3, c5, c7 = ds(128), ds(256), ds(512), ds(1024)
-        c8 = _make_divisible(min(1024, mc) * w)
-        c9 = std(512)
-        c12 = c9 + c5
-        c13 = std(256)
-        c16 = c13 + c3
-        c17 = std(256)
-        c19 = std(256)
-        c20 = c19 + c13
-        c22 = std(512)
-        c23 = c22 + c9
+        # SpikeYOLO's widths; TDE's layer indices are one lower (no MS_GetT layer in the SE layout)
+        c1, c3, c5, c7, c8, c9, c12, c13, c16, c17, c19, c20, c22, c23 = layer_widths(cfg.width, cfg.max_ch)
         up = lambda: nn.Upsample(scale_factor=(1, 2, 2), mode="nearest")  # noqa: E731
 
         def block(kind, c, ratio, where):
