@@ -232,15 +232,8 @@ def test_evaluate_bad_data():
 
 @pytest.fixture
 def detection_cli(monkeypatch):
-    """The detection verbs registered in a private copy of the CLI's table (restored afterwards)."""
-    table = {verb: dict(tasks) for verb, tasks in zoo.cli._TASK_COMMANDS.items()}
-    monkeypatch.setattr(zoo.cli, "_TASK_COMMANDS", table)
-    import tasks.detection.cli as dcli  # a first import registers into the private table only
-
-    for verb, entry in dcli.COMMANDS.items():
-        table.setdefault(verb, {})["detection"] = entry
+    """`zoo` verbs as registered by tasks.detection, with zoo.load faked."""
     monkeypatch.setattr(zoo, "load", lambda name, **kw: BrightBoxDetector())
-    return dcli
 
 
 def _fake_data_module(monkeypatch, items):

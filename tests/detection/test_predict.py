@@ -147,13 +147,7 @@ def test_predict_bad_inputs(tmp_path):
 
 @pytest.fixture
 def detection_cli(monkeypatch):
-    """The detection verbs registered in a private copy of the CLI's table (restored afterwards); zoo.load faked."""
-    table = {verb: dict(tasks) for verb, tasks in zoo.cli._TASK_COMMANDS.items()}
-    monkeypatch.setattr(zoo.cli, "_TASK_COMMANDS", table)
-    import tasks.detection.cli as dcli  # a first import registers into the private table only
-
-    for verb, entry in dcli.COMMANDS.items():
-        table.setdefault(verb, {})["detection"] = entry
+    """`zoo` verbs as registered by tasks.detection, with zoo.load faked."""
     calls = []
 
     def fake_load(name, **kw):
