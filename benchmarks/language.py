@@ -26,6 +26,9 @@ import time
 from zoo.cli import task_command
 
 SIZES = {
+    # SmolLM-135M's architecture (HuggingFaceTB/SmolLM-135M: 30 layers, hidden 576, GQA 9/3, tied embeddings)
+    "smollm-135m": dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                        num_attention_heads=9, num_key_value_heads=3, tie_word_embeddings=True),
     "134m": dict(vocab_size=32000, hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12,
                  num_key_value_heads=12),
     "tiny": dict(vocab_size=512, hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
@@ -55,6 +58,7 @@ def run(size: str = "134m", new_tokens: int = 32, prompt: int = 16, repeats: int
     import torch
 
     from tasks.language.decode import FusedDecoder
+    from tasks.language.evaluate import activity
     from tasks.language.sdllm import SDLLMConfig, convert
 
     model = _model(size)
@@ -78,7 +82,8 @@ def run(size: str = "134m", new_tokens: int = 32, prompt: int = 16, repeats: int
         dec, compile_s = fused_paths(model)
         t_fused, out = _time(lambda: dec.generate(ids, new_tokens), repeats)
     report["fp"] = {"eager_tok_s": new_tokens / t_eager, "fused_tok_s": new_tokens / t_fused,
-                    "speedup": t_eager / t_fused, "compile_s": compile_s, "same_tokens": bool(torch.equal(out, ref))}
+                    "speedup": t_eager / t_fused, "compile_s": compile_s, "same_tokens": bool(torch.equal(out, ref)),
+                    "activity": activity(model, ref).to_dict()}
 
     calib_ids = torch.randint(1, model.config.vocab_size, (calib, 128), generator=torch.Generator().manual_seed(1))
     t = time.perf_counter()
@@ -91,7 +96,7 @@ def run(size: str = "134m", new_tokens: int = 32, prompt: int = 16, repeats: int
         t_fused, out = _time(lambda: dec.generate(ids, new_tokens), repeats)
     report["sdllm"] = {"eager_tok_s": new_tokens / t_eager, "fused_tok_s": new_tokens / t_fused,
                        "speedup": t_eager / t_fused, "compile_s": compile_s,
-                       "same_tokens": bool(torch.equal(out, ref))}
+                       "same_tokens": bool(torch.equal(out, ref)), "activity": activity(model, ref).to_dict()}
     return report
 
 
@@ -120,3 +125,10 @@ def run_bench(args) -> None:
               f"{r['speedup']:.2f}x the tokens/s of transformers eager generate "
               f"(compile {r['compile_s']:.1f} s once; same tokens: {r['same_tokens']})")
     print(f"SDLLM conversion (calibration + int4 weights + layer replacement): {report['conversion_s']:.2f} s")
+    for label in ("fp", "sdllm"):
+        a = report[label]["activity"]
+        fr = a["firing_rate"]
+        print(f"{'full precision' if label == 'fp' else 'SDLLM (integer)'} on the generated sequence: firing rate "
+              f"{'-' if fr is None else f'{fr:.4f}'}, {a['events_per_token']:.4g} events/token, "
+              f"{a['acs_per_token']:.4g} ACs + {a['macs_per_token']:.4g} MACs per token, "
+              f"{a['energy_per_token_mj']:.4g} mJ/token ({a['e_mac_pj']} pJ/MAC, {a['e_ac_pj']} pJ/AC)")

@@ -50,7 +50,8 @@ def load(
 
     ``weights``: a local file (official checkpoint as downloaded, or the zoo's
     safetensors) instead of the registered weights. ``pretrained=False``: random
-    weights. ``mode``: ``"integer"`` (counts, fast) or ``"spike"`` (binary or
+    weights (models converted from a base model, ``card.builds_weights``, always
+    start from their base's weights). ``mode``: ``"integer"`` (counts, fast) or ``"spike"`` (binary or
     ternary events over ``D`` virtual time steps). ``options`` go to the builder.
     The model resets its neuron state before every forward.
     """
@@ -62,7 +63,11 @@ def load(
     except TypeError as e:
         raise ZooError(f"{name} does not take these options ({e})") from None
     converter = card.converter
-    if weights is not None:
+    if card.builds_weights:  # e.g. SDLLM: the builder converts its base model's weights
+        if weights is not None:
+            raise ZooError(f"{name} is converted from a base model: pass base='PATH' (a Hugging Face directory), not weights=")
+        state = None
+    elif weights is not None:
         source = str(weights)
         state = checkpoint.to_state_dict(checkpoint.read(weights))
     elif pretrained:

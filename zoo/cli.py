@@ -91,22 +91,30 @@ def cmd_profile(args) -> None:
     size = tuple(args.input_size) if args.input_size else tuple(card.input_size)
     if not size:
         raise ZooError(f"{args.name} has no default input size; pass --input-size")
-    model = load(args.name, pretrained=args.pretrained, weights=args.weights, mode=args.mode)
-    x = torch.rand(size, generator=torch.Generator().manual_seed(0))
+    options = {"base": args.base} if args.base else {}
+    model = load(args.name, pretrained=args.pretrained, weights=args.weights, mode=args.mode, **options)
+    g = torch.Generator().manual_seed(0)
+    if card.task == "language":  # token ids; the real firing rates come from `zoo eval` on text
+        vocab = model.get_input_embeddings().num_embeddings
+        inputs, kwargs = (), {"input_ids": torch.randint(0, vocab, size, generator=g)}
+    else:
+        inputs, kwargs = (torch.rand(size, generator=g),), {}
     try:
-        result = profile(model, x, preset=args.preset)
+        result = profile(model, *inputs, preset=args.preset, **kwargs)
     except (RuntimeError, ValueError, IndexError) as e:  # a shape torch rejected deep inside the model
         raise ZooError(f"{args.name} cannot run on input {list(size)} ({str(e).splitlines()[0]}); "
                        f"it takes {card.input or card.input_size}") from None
     if args.json:
         print(json.dumps({"name": args.name, "input_size": list(size), "mode": args.mode,
-                          "weights": args.weights or ("pretrained" if args.pretrained else "random"), **result.to_dict()}, indent=2))
+                          "weights": "converted from its base" if card.builds_weights else args.weights or ("pretrained" if args.pretrained else "random"), **result.to_dict()}, indent=2))
         return
     rows = [{"layer": l.name, "kind": l.kind, "params": fmt_count(l.params), "MACs": fmt_count(l.macs),
              "ACs": fmt_count(l.acs), "rate": "-" if (r := l.firing_rate if l.firing_rate is not None else l.input_rate) is None else f"{r:.3f}",
              "energy (uJ)": f"{l.energy_pj * 1e-6:.3f}"} for l in result.layers]
     print(text(rows, ["layer", "kind", "params", "MACs", "ACs", "rate", "energy (uJ)"]))
-    if not (args.pretrained or args.weights):
+    if card.task == "language":
+        print("note: random token ids (zoo eval NAME --data TEXT measures firing on real text)")
+    elif not (args.pretrained or args.weights):
         print("note: random weights (pass --pretrained or --weights PATH for the model's real firing rates)")
     fr = result.firing_rate
     print(f"\n{args.name}: input {list(size)}, {args.mode} mode, {fmt_count(result.params)} params, "
@@ -141,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = sp.add_mutually_exclusive_group()
     g.add_argument("--pretrained", action="store_true", help="load the released weights (downloads them)")
     g.add_argument("--weights", metavar="PATH", help="load weights from a local file")
+    sp.add_argument("--base", metavar="PATH", help="language models: local Hugging Face directory of the base model")
 
     for verb, tasks in sorted(_TASK_COMMANDS.items()):
         sp = add(verb, _run_task_verb, _VERB_HELP.get(verb, verb) + f" ({', '.join(sorted(tasks))})")

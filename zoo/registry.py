@@ -47,6 +47,7 @@ class ModelCard:
     classes: tuple = ()  # output class names, in index order (tasks that classify)
     weights: str | None = None  # key in weights/manifest.toml
     converter: str = ""  # "module:function" mapping an official state dict to this model's keys
+    builds_weights: bool = False  # the builder reads its own weights (SDLLM: converted from a base model)
     metrics: list[Metric] = field(default_factory=list)
     notes: str = ""
     params: int | None = None  # filled from the built model

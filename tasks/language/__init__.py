@@ -39,8 +39,8 @@ def _builder(name: str, hf_repo: str):
 
 def _card(hf_repo: str, params: int, metrics=()):
     return dict(task="language", paper=_PAPER, code="", license="base model's license (" + hf_repo + ")",
-                input=_INPUT, T=1, D=7, neuron=_NEURON, weights=None, metrics=list(metrics),
-                notes=f"Base: {hf_repo}. " + _NOTES, params=params)
+                input=_INPUT, input_size=(1, 128), T=1, D=7, neuron=_NEURON, weights=None, builds_weights=True,
+                metrics=list(metrics), notes=f"Base: {hf_repo}. " + _NOTES, params=params)
 
 
 _LLAMA2_7B_METRICS = [
@@ -50,14 +50,44 @@ _LLAMA2_7B_METRICS = [
     dict(dataset=_ZERO_SHOT, metric="FP16 energy (J)", value=31.77, source="paper", note="the FP16 LLaMA-2-7B base"),
 ]
 
-HF_REPOS = {}  # model name -> Hugging Face repo of its base model
+BASES = {}  # model name -> Hugging Face repo of its base model
 for _name, _repo, _params, _metrics in (
     ("sdllm-llama2-7b", "meta-llama/Llama-2-7b-hf", 6_738_415_616, _LLAMA2_7B_METRICS),
     ("sdllm-llama2-13b", "meta-llama/Llama-2-13b-hf", 13_015_864_320, []),
     ("sdllm-llama3-8b", "meta-llama/Meta-Llama-3-8B", 8_030_261_248, []),
     ("sdllm-qwen2.5-14b", "Qwen/Qwen2.5-14B", 14_770_033_664, []),
 ):
-    HF_REPOS[_name] = _repo
+    BASES[_name] = _repo
     register(_name, **_card(_repo, _params, _metrics))(_builder(_name, _repo))
+
+# The zoo's own small Llama, trained here on real English text (tasks.language.tiny): the offline quality check.
+TINY = "sdllm-tiny-shakespeare"
+TINY_BASE = "llama-tiny-shakespeare"  # manifest entry of the bundled base (weights/llama_tiny_shakespeare/)
+TINY_CONTEXT = 512
+_TINY_DATA = "test split of tasks.language.corpus shakespeare (Hamlet, The Tempest)"
+_TINY_EVAL = ("python -m tasks.language.corpus shakespeare --out data/shakespeare && "
+              "zoo eval sdllm-tiny-shakespeare --data data/shakespeare/shakespeare.test.raw --context 512")
+_TINY_METRICS = []  # filled below from the measurement
+
+
+def build_tiny(base=None, calib_file=None, calib_seq_len: int = TINY_CONTEXT, **options):
+    from .models import build_sdllm, resolve_base
+
+    path = resolve_base(TINY, base, BASES[TINY])
+    calib_file = calib_file if calib_file is not None else path / "calibration.txt"
+    return build_sdllm(TINY, BASES[TINY], base=path, calib_file=calib_file, calib_seq_len=calib_seq_len, **options)
+
+
+BASES[TINY] = "zoo:" + TINY_BASE
+register(TINY, task="language", paper=_PAPER, code="", license="Apache-2.0 (trained by the zoo; text: public domain)",
+         input=_INPUT, input_size=(1, TINY_CONTEXT), T=1, D=7, neuron=_NEURON, weights=None, builds_weights=True,
+         metrics=_TINY_METRICS, params=4_196_608,
+         notes=("The zoo's offline real-text check of SDLLM: a 4.2M-parameter Llama (4 layers, hidden 256, GQA 4/2 "
+                "heads, vocab 4096 byte-level BPE) trained on CPU on Shakespeare's works from the package index "
+                "(python -m tasks.language.tiny train; see weights/llama_tiny_shakespeare/training.json), shipped in "
+                "weights/llama_tiny_shakespeare (fp16) and converted at load time: W4 group-128 + gamma-SQP ternary "
+                "spikes (D=7) on every q/k/v/o/gate/up/down linear, calibrated on calibration.txt (the first 200 kB "
+                "of the training split, 128 windows of 512 tokens); embeddings, norms and the tied lm_head stay "
+                "full precision. Perplexity at context 512, the model's training length."))(build_tiny)
 
 from . import cli  # noqa: E402,F401  (registers zoo eval for language models)

@@ -32,7 +32,7 @@ def _add(parser: argparse.ArgumentParser, *flags: str, **kwargs) -> None:
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     _add(parser, "--data", default=None, metavar="PATH", help="data set file (language: raw text for perplexity, or a zero-shot .jsonl)")
     _add(parser, "--base", default=None, metavar="PATH", help="local Hugging Face directory of the base model (language)")
-    _add(parser, "--context", type=int, default=None, metavar="N", help="perplexity window in tokens (language, default 2048)")
+    _add(parser, "--context", type=int, default=None, metavar="N", help="perplexity window in tokens (language, default 2048 or the model's max length)")
     _add(parser, "--stride", type=int, default=None, metavar="N", help="perplexity window stride (language, default: the context)")
     _add(parser, "--lm-task", default=None, choices=("piqa", "arc_easy", "arc_challenge", "hellaswag", "winogrande"),
          help="zero-shot task of the jsonl (language, default: from its fields)")
@@ -54,7 +54,8 @@ def evaluate_model(model, tokenizer, data: Path, args) -> dict:
         q = load_choices(data, getattr(args, "lm_task", None), limit=1)[1][0]
         probe = tokenizer((q.contexts or [q.context])[0] + q.choices[0], return_tensors="pt")["input_ids"]
     else:
-        context = getattr(args, "context", None) or 2048
+        # the standard 2048, or the model's own length where it is shorter
+        context = getattr(args, "context", None) or min(2048, getattr(model.config, "max_position_embeddings", 2048))
         res = perplexity(model, data, tokenizer, context=context, stride=getattr(args, "stride", None), max_windows=limit)
         out = {"task": "perplexity", **res.to_dict()}
         probe = tokenizer(data.read_text(encoding="utf-8")[:20000], return_tensors="pt")["input_ids"][:, :min(context, 512)]
@@ -79,7 +80,7 @@ def run_eval(args) -> None:
 
     import zoo
 
-    from . import HF_REPOS
+    from . import BASES
     from .models import load_base, resolve_base
 
     if not args.data:
@@ -87,7 +88,7 @@ def run_eval(args) -> None:
     data = Path(args.data)
     if not data.is_file():
         raise ZooError(f"--data {data} is not a file")
-    base = resolve_base(args.target, args.base, HF_REPOS.get(args.target))
+    base = resolve_base(args.target, args.base, BASES.get(args.target))
     opts = {k: v for k, v in (("D", getattr(args, "D", None)), ("clip", getattr(args, "clip", None)),
                               ("calib_file", getattr(args, "calib_file", None))) if v is not None}
     model = zoo.load(args.target, pretrained=False, base=str(base), mode=args.mode or "integer", **opts)

@@ -14,7 +14,7 @@ decode step is *one function* compiled with ``torch.compile``:
 
 The cache has a fixed length, so every step and every layer has the same
 shapes: the function compiles once and is reused. The MLP (post-attention
-RMSNorm, gate/up/down) is compiled as a second function (not fused with the
+RMSNorm, gate|up as one GEMV in full precision, down) is compiled as a second function (not fused with the
 attention, as in ClusterFusion); the final norm and lm_head run eagerly.
 
 The prompt runs as one batched forward of the model (its keys and values
@@ -91,12 +91,17 @@ def attention_step(residual, delta, ln_w, eps: float, projs, wo, bo, o_gamma, o_
     return residual, F.linear(_encode(attn, o_gamma, o_D), wo, bo)
 
 
-def mlp_step(residual, delta, ln_w, eps: float, gate, up, down):
-    """Post-attention residual add, RMSNorm and the SwiGLU MLP; ``gate/up/down = (W, b, gamma, D)``."""
+def mlp_step(residual, delta, ln_w, eps: float, gate, up, down, gate_up=None):
+    """Post-attention residual add, RMSNorm and the SwiGLU MLP; ``gate/up/down = (W, b, gamma, D)``.
+
+    ``gate_up``: full precision only, the gate and up weights stacked ``[2 I, H]`` (one GEMV for both)."""
     residual = residual + delta
     x = _rms(residual, ln_w, eps)
-    g = F.linear(_encode(x, gate[2], gate[3]), gate[0], gate[1])
-    u = F.linear(_encode(x, up[2], up[3]), up[0], up[1])
+    if gate_up is not None:
+        g, u = F.linear(x, gate_up).chunk(2, -1)
+    else:
+        g = F.linear(_encode(x, gate[2], gate[3]), gate[0], gate[1])
+        u = F.linear(_encode(x, up[2], up[3]), up[0], up[1])
     h = F.silu(g) * u
     return residual, F.linear(_encode(h, down[2], down[3]), down[0], down[1])
 
@@ -134,6 +139,7 @@ class _Layer:
     gate: tuple
     up: tuple
     down: tuple
+    gate_up: torch.Tensor | None = None
 
 
 class FusedDecoder:
@@ -172,6 +178,9 @@ class FusedDecoder:
                     o=_proj(att.o_proj), ln2=layer.post_attention_layernorm.weight,
                     eps2=float(layer.post_attention_layernorm.variance_epsilon),
                     gate=_proj(mlp.gate_proj), up=_proj(mlp.up_proj), down=_proj(mlp.down_proj)))
+                gate, up = self.layers[-1].gate, self.layers[-1].up
+                if gate[1] is None and up[1] is None and gate[2] is None and up[2] is None:  # one GEMV for gate|up
+                    self.layers[-1].gate_up = torch.cat([gate[0], up[0]]).contiguous()
             positions = torch.arange(self.max_len, device=self.device)[None]
             dummy = torch.zeros(1, device=self.device, dtype=self.dtype)
             cos, sin = inner.rotary_emb(dummy, positions)
@@ -201,7 +210,7 @@ class FusedDecoder:
             residual, delta = self._attn(residual, delta, L.ln1, L.eps1, L.projs, L.o[0], L.o[1], L.o[2], L.o[3],
                                          self.cos, self.sin, pos, self.k_cache[i], self.v_cache[i],
                                          self.n_heads, self.n_kv, self.head_dim)
-            residual, delta = self._mlp(residual, delta, L.ln2, L.eps2, L.gate, L.up, L.down)
+            residual, delta = self._mlp(residual, delta, L.ln2, L.eps2, L.gate, L.up, L.down, L.gate_up)
         self.pos += 1
         return self.model.lm_head(inner.norm(residual + delta)).float()
 

@@ -53,7 +53,12 @@ def _require_transformers():
 
 
 def resolve_base(name: str, base: str | os.PathLike | None, hf_repo: str | None) -> Path:
-    """The local directory of the base model."""
+    """The local directory of the base model: ``base``, else ``hf_repo`` from the Hugging Face cache or hub.
+
+    ``hf_repo = "zoo:KEY"`` names a model directory shipped with the zoo (manifest entry ``KEY``, its
+    weights file sha256-checked on every load)."""
+    if base is None and hf_repo is not None and hf_repo.startswith("zoo:"):
+        return hub.fetch(hf_repo[4:]).parent
     if base is not None:
         path = Path(base).expanduser()
         if not (path / "config.json").is_file():

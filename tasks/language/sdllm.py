@@ -54,9 +54,11 @@ from dataclasses import asdict, dataclass
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import neurons
+from neurons.synapse import expand_events
 from zoo.errors import ZooError
 
 __all__ = ["SDLLMConfig", "SDLinear", "convert", "quantize_weight", "dequantize_weight", "find_targets",
@@ -159,6 +161,81 @@ def _unpack4(packed: torch.Tensor, n: int) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------------------------- the layer
 
+EXACT_LIMIT = 2 ** 24  # integers up to this are exact in fp32
+CHUNK_ELEMENTS = 1 << 26  # at most this many fp32 group partial sums at once (256 MB)
+
+
+class GroupQuantLinear(neurons.SpikeLinear):
+    r"""A :class:`neurons.SpikeLinear` with group-quantised weights that accumulates like integer hardware.
+
+    With counts :math:`C` (integers), weight codes :math:`q` (integers) and
+    one scale :math:`s_{o,g}` per output row and input group :math:`g`:
+
+    .. math::
+        y_o = \gamma \sum_g s_{o,g} P_{o,g} + b_o, \qquad P_{o,g} = \sum_{i \in g} q_{o,i} C_i
+
+    Each :math:`P` is an integer below :math:`2^{24}` (``qmax * D * group``),
+    so fp32 computes it exactly in any summation order. Integer mode computes
+    :math:`P` from the counts, spike-driven mode as the sum over the ``D``
+    slots of the events' integer partials; both then share the same
+    epilogue, so the two modes give bit-identical outputs however long the
+    input (a plain fp32 ``W_q x`` would differ in the last bits, and a later
+    ``round`` can turn that into a different count). Without quantised weights
+    (``w_bits = 0``) or past the exactness bound, it is a plain SpikeLinear.
+    """
+
+    def __init__(self, *args, w_bits: int = 4, group_size: int = 128, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.w_bits = int(w_bits or 0)
+        self.group_size = int(group_size)
+        self._grid = None  # (key, codes [G, g, out] fp32, scales [G, 1, out] fp32)
+
+    def _codes(self):
+        w = self.weight
+        key = (w.data_ptr(), w._version, w.device, w.dtype)
+        if self._grid is None or self._grid[0] != key:
+            codes, scales = quantize_weight(w, self.w_bits, self.group_size)  # exact: w is on the grid
+            cg, _ = _grouped(codes.float(), self.group_size)  # [out, G, g]
+            self._grid = (key, cg.permute(1, 2, 0).contiguous(), scales.t().unsqueeze(1).contiguous())
+        return self._grid[1], self._grid[2]
+
+    def _exact(self) -> bool:
+        lv = self.levels
+        if not self.w_bits or self.weight.device.type == "meta":
+            return False
+        g = self.group_size if self.group_size and self.group_size < self.in_features else self.in_features
+        return _qmax(self.w_bits) * lv.D * g < EXACT_LIMIT
+
+    def _partials(self, counts: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """``[N, in]`` integer-valued -> ``[G, N, out]`` exact integer group partial sums."""
+        G, g, out_f = codes.shape
+        x = counts.float()
+        pad = G * g - x.shape[-1]
+        if pad:
+            x = F.pad(x, (0, pad))
+        return torch.bmm(x.view(-1, G, g).transpose(0, 1), codes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self._exact():
+            return super().forward(x)
+        lv = self.levels
+        codes, scales = self._codes()
+        counts = self.input_counts(x) if self.spike_driven else torch.round(x / lv.scale)
+        flat = counts.reshape(-1, self.in_features)
+        rows = max(1, CHUNK_ELEMENTS // (codes.shape[0] * codes.shape[2]))
+        outs = []
+        for part in flat.split(rows):
+            if self.spike_driven:  # accumulate the events slot by slot: integer partials, exact
+                events = expand_events(part, lv.D, lv.signed)  # [D, n, in], -1/0/+1
+                P = sum(self._partials(e, codes) for e in events)
+            else:
+                P = self._partials(part, codes)
+            outs.append((P * scales).sum(0))
+        y = torch.cat(outs) * lv.scale
+        y = y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+        return y if self.bias is None else y + self.bias
+
+
 class SDLinear(nn.Module):
     r"""A spike-driven linear layer: :class:`neurons.Ternary` encoder + :class:`neurons.SpikeLinear`.
 
@@ -175,8 +252,8 @@ class SDLinear(nn.Module):
                  w_bits: int = 4, group_size: int = 128, device=None, dtype=None):
         super().__init__()
         self.neuron = neurons.Ternary(D=D, gamma=gamma)
-        self.linear = neurons.SpikeLinear(in_features, out_features, bias=bias, source=self.neuron,
-                                          device=device, dtype=dtype)
+        self.linear = GroupQuantLinear(in_features, out_features, bias=bias, source=self.neuron, w_bits=w_bits,
+                                       group_size=group_size, device=device, dtype=dtype)
         self.w_bits = int(w_bits or 0)
         self.group_size = int(group_size)
 
@@ -419,7 +496,8 @@ def convert(model: nn.Module, calibration, config: SDLLMConfig | dict | None = N
     ``calibration``: token ids ``[N, L]`` (LongTensor) or a list of texts with
     ``tokenizer``. ``config``: an :class:`SDLLMConfig` or a dict of its fields.
     The returned model runs in integer mode; ``neurons.to_spike_driven(model)``
-    switches it to ternary events (same logits up to float rounding). The
+    switches it to ternary events (bit-identical logits with quantised weights, see
+    :class:`GroupQuantLinear`; up to float rounding with ``w_bits=0``). The
     conversion settings and per-layer gammas are kept in ``model.sdllm``.
     """
     if config is None:

@@ -66,6 +66,9 @@ def test_language_benchmark_runs(monkeypatch):
     report = bench.run(size="tiny", new_tokens=4, prompt=4, repeats=1, calib=2)
     assert report["fp"]["same_tokens"] and report["sdllm"]["same_tokens"]
     assert report["fp"]["speedup"] > 0 and report["conversion_s"] > 0
+    fp, sd = report["fp"]["activity"], report["sdllm"]["activity"]
+    assert fp["acs_per_token"] == 0 and fp["firing_rate"] is None  # full precision: MACs only
+    assert sd["acs_per_token"] > 0 and sd["events_per_token"] > 0 and sd["energy_per_token_mj"] < fp["energy_per_token_mj"]
 
 
 def test_prefill_fills_the_static_cache_like_stepping():

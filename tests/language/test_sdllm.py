@@ -58,19 +58,35 @@ def test_spike_driven_weights_only_see_ternary_events(calib_ids):
     model = convert(tiny_llama(), calib_ids, SDLLMConfig(D=4))
     seen = []
     for m in _sd_layers(model).values():
-        original = m.linear._weight_op
+        original = m.linear._partials
 
-        def spy(x, w, original=original):
+        def spy(x, codes, original=original):
             seen.append(torch.unique(x))
-            return original(x, w)
+            return original(x, codes)
 
-        m.linear._weight_op = spy
+        m.linear._partials = spy
     neurons.to_spike_driven(model)
     with torch.no_grad():
         model(calib_ids[:1, :16])
-    assert len(seen) == 14
+    assert len(seen) == 14 * 4  # 14 layers, D = 4 slots each
     values = torch.unique(torch.cat(seen))
     assert set(values.tolist()) <= {-1.0, 0.0, 1.0} and -1.0 in values.tolist() and 1.0 in values.tolist()
+
+
+def test_integer_and_spike_driven_are_bit_identical_on_long_inputs(calib_ids):
+    """Integer partial sums per weight group are exact in fp32, so no count can round differently downstream."""
+    model = convert(tiny_llama(), calib_ids, SDLLMConfig(group_size=32))
+    ids = torch.randint(3, 300, (2, 200), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        integer = model(ids).logits
+        with neurons.spike_driven(model):
+            spike = model(ids).logits
+    assert torch.equal(integer, spike)
+    # and the exact accumulation is the dequantised-weight product up to float rounding
+    lin = next(iter(_sd_layers(model).values())).linear
+    x = lin.levels.scale * torch.randint(-7, 8, (5, lin.in_features)).float()
+    plain = torch.nn.functional.linear(x, lin.weight, lin.bias)
+    assert torch.allclose(lin(x), plain, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("bits,group", [(4, 128), (4, 32), (3, 0), (8, 48)])
