@@ -34,6 +34,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     _add(parser, "--base", default=None, metavar="PATH", help="local Hugging Face directory of the base model (language)")
     _add(parser, "--context", type=int, default=None, metavar="N", help="perplexity window in tokens (language, default 2048 or the model's max length)")
     _add(parser, "--stride", type=int, default=None, metavar="N", help="perplexity window stride (language, default: the context)")
+    _add(parser, "--join", choices=("hf", "raw"), default=None,
+         help="perplexity text (language): hf = WikiText rows joined as the HF data set (default), raw = the file as is")
     _add(parser, "--lm-task", default=None, choices=("piqa", "arc_easy", "arc_challenge", "hellaswag", "winogrande"),
          help="zero-shot task of the jsonl (language, default: from its fields)")
     _add(parser, "--limit", type=int, default=None, metavar="N", help="only the first N questions / windows (language)")
@@ -56,7 +58,8 @@ def evaluate_model(model, tokenizer, data: Path, args) -> dict:
     else:
         # the standard 2048, or the model's own length where it is shorter
         context = getattr(args, "context", None) or min(2048, getattr(model.config, "max_position_embeddings", 2048))
-        res = perplexity(model, data, tokenizer, context=context, stride=getattr(args, "stride", None), max_windows=limit)
+        res = perplexity(model, data, tokenizer, context=context, stride=getattr(args, "stride", None), max_windows=limit,
+                         join=getattr(args, "join", None) or "hf")
         out = {"task": "perplexity", **res.to_dict()}
         probe = tokenizer(data.read_text(encoding="utf-8")[:20000], return_tensors="pt")["input_ids"][:, :min(context, 512)]
     # activity and energy on the first question / the first window (at most 512 tokens), as detection's first image
