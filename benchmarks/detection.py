@@ -8,6 +8,9 @@ the same weights and the same input (batch 1, 640x640 by default):
   tests/detection/test_spikeyolo.py);
 * ``fp32-fast``: BN folded into the convolutions, channels_last, the I-LIF
   single-step path (``zoo.fuse.optimize_for_inference``);
+* ``fp32-winograd``: BN folded, NCHW, and the dense 3x3 stride-1 convolutions
+  (69 % of SpikeYOLO's multiply-accumulates) on Winograd F(4x4, 3x3)
+  (``zoo.winograd``) wherever that was timed faster for the layer's shape;
 * ``fp32-compiled``: the fast path compiled with ``torch.compile`` (inductor
   fuses the neurons, residual additions and BN-before-conv into C++ loops
   around oneDNN convolutions); its one-off compile time is reported apart;
@@ -32,7 +35,7 @@ import time
 from zoo.cli import task_command
 from zoo.errors import ZooError
 
-PATHS = ("reference", "fp32-fast", "fp32-compiled", "bf16-fast")
+PATHS = ("reference", "fp32-fast", "fp32-winograd", "fp32-compiled", "bf16-fast")
 
 
 def cpu_has_bf16() -> bool:
@@ -78,7 +81,9 @@ def worker(path: str, name: str, weights: str | None, imgsz: int, repeats: int) 
     model = _model(name, weights)
     x = torch.rand(1, 3, imgsz, imgsz, generator=torch.Generator().manual_seed(1))
     compile_s = None
-    if path != "reference":
+    if path == "fp32-winograd":
+        model = optimize_for_inference(model, torch.rand(1, 3, 128, 128), winograd=True)
+    elif path != "reference":
         model = optimize_for_inference(model, torch.rand(1, 3, 128, 128))
         x = x.contiguous(memory_format=torch.channels_last)
     if path == "fp32-compiled":
@@ -94,8 +99,14 @@ def worker(path: str, name: str, weights: str | None, imgsz: int, repeats: int) 
             t = time.perf_counter()
             model(x)
             times.append(time.perf_counter() - t)
-    return {"path": path, "ms": statistics.median(times) * 1e3, "compile_s": compile_s,
-            "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    out = {"path": path, "ms": statistics.median(times) * 1e3, "compile_s": compile_s,
+           "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if path == "fp32-winograd":
+        from zoo.winograd import switches
+
+        used = switches(model)
+        out["winograd_layers"] = [sum(any(s.choice.values()) for s in used), len(used)]
+    return out
 
 
 def conv_precision_probe() -> dict:
@@ -133,10 +144,17 @@ def demo_map(n_val: int = 200) -> dict:
         val = load_dataset(tmp, split="val")
         model = zoo.load("spikeyolo-tiny-shapes")
         fast = optimize_for_inference(model, torch.rand(1, 3, 128, 128))
+        wino = optimize_for_inference(model, torch.rand(1, 3, 128, 128), winograd=True)
+        from zoo.winograd import switches
+
+        for switch in switches(wino):  # every eligible layer on Winograd: the largest possible change
+            switch.autotune = False
         ref = evaluate(model, val, imgsz=128, energy=False)
         got = evaluate(fast, val, imgsz=128, energy=False)
+        got_wino = evaluate(wino, val, imgsz=128, energy=False)
         spike = evaluate(zoo.load("spikeyolo-tiny-shapes", mode="spike"), val, imgsz=128, energy=False)
-    return {"images": n_val, "reference_map50": ref.map50, "fast_map50": got.map50, "spike_map50": spike.map50}
+    return {"images": n_val, "reference_map50": ref.map50, "fast_map50": got.map50, "winograd_map50": got_wino.map50,
+            "spike_map50": spike.map50}
 
 
 def run(name: str = "spikeyolo-coco", weights: str | None = None, imgsz: int = 640, repeats: int = 5,
@@ -186,11 +204,13 @@ def run_bench(args) -> None:
     from zoo.table import text
 
     rows = [{"path": p, "speedup": f"{r['speedup']:.2f}x", "peak memory": f"{r['peak_mb']:.0f} MB",
-             "compile": "-" if r.get("compile_s") is None else f"{r['compile_s']:.0f} s once"}
+             "compile": "-" if r.get("compile_s") is None else f"{r['compile_s']:.0f} s once",
+             "note": (f"Winograd in {r['winograd_layers'][0]} of {r['winograd_layers'][1]} 3x3 layers"
+                      if "winograd_layers" in r else "")}
             for p, r in report["paths"].items()]
     print(f"{report['model']}, batch 1, {report['imgsz']}x{report['imgsz']}, median of {report['repeats']} "
           "forwards, each path in its own process (speedup = reference time / path time)")
-    print(text(rows, ["path", "speedup", "peak memory", "compile"]))
+    print(text(rows, ["path", "speedup", "peak memory", "compile", "note"]))
     if "bf16_probe_ms" in report:
         p = report["bf16_probe_ms"]
         print(f"bf16-fast: not run, this CPU has no bf16 arithmetic (AVX512-BF16/AMX); one 3x3 conv takes "
@@ -199,5 +219,6 @@ def run_bench(args) -> None:
         d = report["demo_map"]
         print(f"demo model mAP@50 on {d['images']} freshly generated held-out images: reference "
               f"{d['reference_map50'] * 100:.2f}, fp32-fast {d['fast_map50'] * 100:.2f} "
-              f"(change {abs(d['fast_map50'] - d['reference_map50']) * 100:.2f} points), spike-driven "
+              f"(change {abs(d['fast_map50'] - d['reference_map50']) * 100:.2f} points), all-Winograd "
+              f"{d['winograd_map50'] * 100:.2f} (change {abs(d['winograd_map50'] - d['reference_map50']) * 100:.2f} points), spike-driven "
               f"{d['spike_map50'] * 100:.2f}")

@@ -114,9 +114,15 @@ def _max_diff(a, b) -> float:
     return 0.0
 
 
-def optimize_for_inference(model: nn.Module, *example, channels_last: bool = True) -> nn.Module:
-    """A copy of ``model`` with BN folded (see :func:`fold_batchnorm`) and weights in channels_last."""
+def optimize_for_inference(model: nn.Module, *example, channels_last: bool = True, winograd: bool = False) -> nn.Module:
+    """A copy of ``model`` with BN folded (see :func:`fold_batchnorm`) and weights in channels_last; or, with
+    ``winograd=True``, NCHW with its 3x3 stride-1 convolutions on Winograd F(4x4, 3x3) where that was timed
+    faster (:func:`zoo.winograd.use_winograd`)."""
     fast, _ = fold_batchnorm(model, *example)
-    if channels_last:
+    if winograd:
+        from .winograd import use_winograd
+
+        use_winograd(fast)
+    elif channels_last:
         fast = fast.to(memory_format=torch.channels_last)
     return fast

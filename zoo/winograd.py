@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["winograd_conv2d", "winograd_weight", "use_winograd", "eligible"]
+__all__ = ["winograd_conv2d", "winograd_weight", "use_winograd", "switches", "eligible"]
 
 _BT = [[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
        [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]]
@@ -111,8 +111,8 @@ class WinogradConv:
             if self.autotune:
                 u = self.weight(w)
                 xc = x.contiguous()
-                t_direct = _median_ms(lambda: direct(self.conv, x, w, b))
-                t_wino = _median_ms(lambda: winograd_conv2d(xc, u, b, self.conv.padding))
+                t_direct = _median_ms(lambda: direct(self.conv, x, w, b), 5)
+                t_wino = _median_ms(lambda: winograd_conv2d(xc, u, b, self.conv.padding), 5)
                 self.choice[shape] = t_wino < t_direct
             else:
                 self.choice[shape] = True
@@ -131,3 +131,8 @@ def use_winograd(model: nn.Module, autotune: bool = True) -> list[WinogradConv]:
             m._conv_forward = WinogradConv(m, autotune)  # an instance attribute: state_dict is unchanged
             switches.append(m._conv_forward)
     return switches
+
+
+def switches(model: nn.Module) -> list[WinogradConv]:
+    """The :class:`WinogradConv` switches :func:`use_winograd` put into ``model``."""
+    return [m._conv_forward for m in model.modules() if isinstance(m.__dict__.get("_conv_forward"), WinogradConv)]

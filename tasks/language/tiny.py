@@ -33,7 +33,7 @@ import torch
 from zoo.errors import ZooError
 
 CONFIG = dict(vocab_size=4096, hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4,
-              num_key_value_heads=2, max_position_embeddings=1024, rope_theta=10000.0, tie_word_embeddings=True,
+              num_key_value_heads=2, max_position_embeddings=512, rope_theta=10000.0, tie_word_embeddings=True,
               rms_norm_eps=1e-5)
 SPECIAL = "<|endoftext|>"
 CALIBRATION_FILE = "calibration.txt"  # shipped beside the weights: the default SDLLM calibration text
