@@ -8,7 +8,11 @@ MLP 2048, vocab 32000; ``--size tiny`` for a quick check), batch 1, greedy:
 * ``fused``: :class:`tasks.language.decode.FusedDecoder`, static KV cache,
   per-layer attention step and MLP compiled with ``torch.compile``
   (compilation is done in a warm-up run and reported separately);
-* both produce the same tokens (checked).
+* both produce the same tokens (checked);
+* ``fp16 weights``: the fused path with half-precision copies of the weights
+  (``FusedDecoder(weight_dtype=torch.float16)``), ClusterFusion's precision,
+  against the same fp32 eager reference, with its largest logit difference
+  from the fp32 fused path (ClusterFusion's tolerance: max-abs 5e-2).
 
 Reported as ratios (tokens/s fused / eager) over the median of ``--repeats``
 runs, plus the SDLLM conversion time of the same model (calibration on
@@ -81,9 +85,16 @@ def run(size: str = "134m", new_tokens: int = 32, prompt: int = 16, repeats: int
         t_eager, ref = _time(eager(model), repeats)
         dec, compile_s = fused_paths(model)
         t_fused, out = _time(lambda: dec.generate(ids, new_tokens), repeats)
+        _, ref_logits = dec.generate(ids, new_tokens, return_logits=True)
+        half = FusedDecoder(model, max_len=prompt + new_tokens, weight_dtype=torch.float16)
+        half.generate(ids, new_tokens)  # compiles
+        t_half, (out_half, half_logits) = _time(lambda: half.generate(ids, new_tokens, return_logits=True), repeats)
     report["fp"] = {"eager_tok_s": new_tokens / t_eager, "fused_tok_s": new_tokens / t_fused,
                     "speedup": t_eager / t_fused, "compile_s": compile_s, "same_tokens": bool(torch.equal(out, ref)),
                     "activity": activity(model, ref).to_dict()}
+    report["fp16_weights"] = {"fused_tok_s": new_tokens / t_half, "speedup": t_eager / t_half,
+                              "same_tokens": bool(torch.equal(out_half, ref)),
+                              "max_abs_logits": float((half_logits - ref_logits).abs().max())}
 
     calib_ids = torch.randint(1, model.config.vocab_size, (calib, 128), generator=torch.Generator().manual_seed(1))
     t = time.perf_counter()
@@ -124,6 +135,10 @@ def run_bench(args) -> None:
         print(f"{'full precision' if label == 'fp' else 'SDLLM (integer)'}: fused static-cache decode "
               f"{r['speedup']:.2f}x the tokens/s of transformers eager generate "
               f"(compile {r['compile_s']:.1f} s once; same tokens: {r['same_tokens']})")
+    h = report["fp16_weights"]
+    print(f"full precision, fp16 weight copies (ClusterFusion's precision): fused decode {h['speedup']:.2f}x the "
+          f"tokens/s of transformers eager fp32 generate; logits vs the fp32 path max-abs {h['max_abs_logits']:.2g} "
+          f"(ClusterFusion's tolerance 5e-2); same tokens: {h['same_tokens']}")
     print(f"SDLLM conversion (calibration + int4 weights + layer replacement): {report['conversion_s']:.2f} s")
     for label in ("fp", "sdllm"):
         a = report[label]["activity"]

@@ -36,7 +36,7 @@ from torch import nn
 
 from zoo.errors import ZooError
 
-from .sdllm import SDLinear
+from .sdllm import SDLinear, group_epilogue, group_partials
 
 __all__ = ["FusedDecoder", "attention_step", "mlp_step"]
 
@@ -51,6 +51,22 @@ def _encode(x: torch.Tensor, gamma: torch.Tensor | None, D: int) -> torch.Tensor
     if gamma is None:
         return x
     return torch.round(torch.clamp(x / gamma, -D, D)) * gamma
+
+
+def _linear(x: torch.Tensor, w, b) -> torch.Tensor:
+    """``x W^T + b`` in the weight's dtype (fp16 weights: half the bytes read per step), result in x's dtype.
+
+    ``w = (codes, scales, gamma)``: an SDLLM layer's exact integer accumulation (as
+    :class:`tasks.language.sdllm.GroupQuantLinear`), so decoding gives the eager model's counts."""
+    if isinstance(w, tuple):
+        codes, scales, gamma = w
+        counts = torch.round(x / gamma)
+        y = group_epilogue(group_partials(counts.reshape(-1, counts.shape[-1]), codes), scales, gamma)
+        y = y.reshape(*x.shape[:-1], codes.shape[-1]).to(x.dtype)
+        return y if b is None else y + b
+    if w.dtype == x.dtype:
+        return F.linear(x, w, b)
+    return F.linear(x.to(w.dtype), w, b).to(x.dtype)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -68,7 +84,7 @@ def attention_step(residual, delta, ln_w, eps: float, projs, wo, bo, o_gamma, o_
     """
     residual = residual + delta
     x = _rms(residual, ln_w, eps)
-    outs = [F.linear(_encode(x, g, D), w, b) for w, b, g, D in projs]
+    outs = [_linear(_encode(x, g, D), w, b) for w, b, g, D in projs]
     qkv = outs[0] if len(outs) == 1 else torch.cat(outs, -1)
     B = x.shape[0]
     q, k, v = qkv.split([n_heads * head_dim, n_kv * head_dim, n_kv * head_dim], -1)
@@ -88,7 +104,7 @@ def attention_step(residual, delta, ln_w, eps: float, projs, wo, bo, o_gamma, o_
     scores = scores.masked_fill(~valid, float("-inf"))
     probs = torch.softmax(scores.float(), -1).to(q.dtype)
     attn = torch.einsum("bkgs,bksd->bkgd", probs, v_cache).reshape(B, n_heads * head_dim)
-    return residual, F.linear(_encode(attn, o_gamma, o_D), wo, bo)
+    return residual, _linear(_encode(attn, o_gamma, o_D), wo, bo)
 
 
 def mlp_step(residual, delta, ln_w, eps: float, gate, up, down, gate_up=None):
@@ -98,16 +114,19 @@ def mlp_step(residual, delta, ln_w, eps: float, gate, up, down, gate_up=None):
     residual = residual + delta
     x = _rms(residual, ln_w, eps)
     if gate_up is not None:
-        g, u = F.linear(x, gate_up).chunk(2, -1)
+        g, u = _linear(x, gate_up, None).chunk(2, -1)
     else:
-        g = F.linear(_encode(x, gate[2], gate[3]), gate[0], gate[1])
-        u = F.linear(_encode(x, up[2], up[3]), up[0], up[1])
+        g = _linear(_encode(x, gate[2], gate[3]), gate[0], gate[1])
+        u = _linear(_encode(x, up[2], up[3]), up[0], up[1])
     h = F.silu(g) * u
-    return residual, F.linear(_encode(h, down[2], down[3]), down[0], down[1])
+    return residual, _linear(_encode(h, down[2], down[3]), down[0], down[1])
 
 
 def _proj(m: nn.Module):
     if isinstance(m, SDLinear):
+        if m.linear._exact():
+            codes, scales = m.linear._codes()
+            return ((codes, scales, m.neuron.gamma), m.linear.bias, m.neuron.gamma, m.neuron.D)
         return (m.linear.weight, m.linear.bias, m.neuron.gamma, m.neuron.D)
     if type(m) is nn.Linear:
         return (m.weight, m.bias, None, 0)
@@ -147,9 +166,18 @@ class FusedDecoder:
 
     ``FusedDecoder(model, max_len=512).generate(input_ids, max_new_tokens=64)``.
     ``compile=False`` runs the same functions eagerly (for checking).
+
+    ``weight_dtype=torch.float16`` keeps a half-precision copy of every
+    projection and of the lm_head for the decode steps (norms, RoPE,
+    attention and the residual stream stay in the model's dtype): a decode
+    step on a CPU reads every weight once, so it reads half the bytes. This
+    is ClusterFusion's own setting (fp16 kernels checked against an fp32
+    reference to max-abs 5e-2); the default keeps the model's dtype, whose
+    tokens equal transformers' ``generate`` exactly.
     """
 
-    def __init__(self, model: nn.Module, max_len: int = 2048, batch_size: int = 1, compile: bool = True):
+    def __init__(self, model: nn.Module, max_len: int = 2048, batch_size: int = 1, compile: bool = True,
+                 weight_dtype: torch.dtype | None = None):
         inner = getattr(model, "model", None)
         layers = getattr(inner, "layers", None)
         if layers is None or not hasattr(model, "lm_head") or not hasattr(layers[0], "self_attn"):
@@ -181,6 +209,18 @@ class FusedDecoder:
                 gate, up = self.layers[-1].gate, self.layers[-1].up
                 if gate[1] is None and up[1] is None and gate[2] is None and up[2] is None:  # one GEMV for gate|up
                     self.layers[-1].gate_up = torch.cat([gate[0], up[0]]).contiguous()
+            head = model.lm_head
+            self.lm_w, self.lm_b = head.weight, head.bias
+            if weight_dtype is not None and weight_dtype != self.dtype:
+                def cast(t):  # SDLLM's exact (codes, scales, gamma) stay as they are
+                    return t if t is None or isinstance(t, tuple) else t.detach().to(weight_dtype).contiguous()
+
+                for L in self.layers:
+                    L.projs = [(cast(w), cast(b), g, D) for w, b, g, D in L.projs]
+                    L.o, L.gate, L.up, L.down = [(cast(w), cast(b), g, D) for w, b, g, D in (L.o, L.gate, L.up, L.down)]
+                    L.gate_up = cast(L.gate_up)
+                self.lm_w, self.lm_b = cast(self.lm_w), cast(self.lm_b)
+            self.weight_dtype = weight_dtype or self.dtype
             positions = torch.arange(self.max_len, device=self.device)[None]
             dummy = torch.zeros(1, device=self.device, dtype=self.dtype)
             cos, sin = inner.rotary_emb(dummy, positions)
@@ -212,7 +252,7 @@ class FusedDecoder:
                                          self.n_heads, self.n_kv, self.head_dim)
             residual, delta = self._mlp(residual, delta, L.ln2, L.eps2, L.gate, L.up, L.down, L.gate_up)
         self.pos += 1
-        return self.model.lm_head(inner.norm(residual + delta)).float()
+        return _linear(inner.norm(residual + delta), self.lm_w, self.lm_b).float()
 
     @torch.no_grad()
     def prefill(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -235,8 +275,9 @@ class FusedDecoder:
         return out.logits[:, -1].float()
 
     @torch.no_grad()
-    def generate(self, input_ids: torch.Tensor, max_new_tokens: int = 64) -> torch.Tensor:
-        """Greedy decoding: ``[B, P]`` prompt -> ``[B, P + max_new_tokens]`` (no early stop at EOS)."""
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int = 64, return_logits: bool = False):
+        """Greedy decoding: ``[B, P]`` prompt -> ``[B, P + max_new_tokens]`` (no early stop at EOS); with
+        ``return_logits``, also the logits each new token was chosen from, ``[B, max_new_tokens, vocab]``."""
         if input_ids.ndim != 2 or input_ids.shape[0] != self.batch_size:
             raise ZooError(f"input_ids must be [{self.batch_size}, P], got {list(input_ids.shape)}")
         if input_ids.shape[1] + max_new_tokens > self.max_len:
@@ -244,9 +285,13 @@ class FusedDecoder:
         self.reset()
         logits = self.prefill(input_ids)
         out = [input_ids.to(self.device)]
+        seen = []
         for i in range(max_new_tokens):
             nxt = logits.argmax(-1)
             out.append(nxt[:, None])
+            if return_logits:
+                seen.append(logits)
             if i + 1 < max_new_tokens:
                 logits = self.step(nxt)
-        return torch.cat(out, 1)
+        tokens = torch.cat(out, 1)
+        return (tokens, torch.stack(seen, 1)) if return_logits else tokens

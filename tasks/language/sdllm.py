@@ -165,6 +165,21 @@ EXACT_LIMIT = 2 ** 24  # integers up to this are exact in fp32
 CHUNK_ELEMENTS = 1 << 26  # at most this many fp32 group partial sums at once (256 MB)
 
 
+def group_partials(counts: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """``[N, in]`` integer-valued counts, codes ``[G, g, out]`` -> ``[G, N, out]`` exact integer group partial sums."""
+    G, g, out_f = codes.shape
+    x = counts.float()
+    pad = G * g - x.shape[-1]
+    if pad:
+        x = F.pad(x, (0, pad))
+    return torch.bmm(x.reshape(-1, G, g).transpose(0, 1), codes)
+
+
+def group_epilogue(P: torch.Tensor, scales: torch.Tensor, gamma) -> torch.Tensor:
+    """``gamma * sum_g s_g P_g``: the one float step after the exact partial sums (shared by every path)."""
+    return (P * scales).sum(0) * gamma
+
+
 class GroupQuantLinear(neurons.SpikeLinear):
     r"""A :class:`neurons.SpikeLinear` with group-quantised weights that accumulates like integer hardware.
 
@@ -207,13 +222,7 @@ class GroupQuantLinear(neurons.SpikeLinear):
         return _qmax(self.w_bits) * lv.D * g < EXACT_LIMIT
 
     def _partials(self, counts: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-        """``[N, in]`` integer-valued -> ``[G, N, out]`` exact integer group partial sums."""
-        G, g, out_f = codes.shape
-        x = counts.float()
-        pad = G * g - x.shape[-1]
-        if pad:
-            x = F.pad(x, (0, pad))
-        return torch.bmm(x.view(-1, G, g).transpose(0, 1), codes)
+        return group_partials(counts, codes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._exact():
@@ -230,8 +239,8 @@ class GroupQuantLinear(neurons.SpikeLinear):
                 P = sum(self._partials(e, codes) for e in events)
             else:
                 P = self._partials(part, codes)
-            outs.append((P * scales).sum(0))
-        y = torch.cat(outs) * lv.scale
+            outs.append(group_epilogue(P, scales, lv.scale))
+        y = torch.cat(outs)
         y = y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
         return y if self.bias is None else y + self.bias
 

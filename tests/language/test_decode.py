@@ -66,6 +66,7 @@ def test_language_benchmark_runs(monkeypatch):
     report = bench.run(size="tiny", new_tokens=4, prompt=4, repeats=1, calib=2)
     assert report["fp"]["same_tokens"] and report["sdllm"]["same_tokens"]
     assert report["fp"]["speedup"] > 0 and report["conversion_s"] > 0
+    assert report["fp16_weights"]["max_abs_logits"] < 5e-2
     fp, sd = report["fp"]["activity"], report["sdllm"]["activity"]
     assert fp["acs_per_token"] == 0 and fp["firing_rate"] is None  # full precision: MACs only
     assert sd["acs_per_token"] > 0 and sd["events_per_token"] > 0 and sd["energy_per_token_mj"] < fp["energy_per_token_mj"]
@@ -83,3 +84,20 @@ def test_prefill_fills_the_static_cache_like_stepping():
     assert torch.allclose(logits, ref, atol=1e-4)
     for a, b in zip(batched.k_cache + batched.v_cache, stepped.k_cache + stepped.v_cache):
         assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_fp16_weight_copies_stay_within_clusterfusion_tolerance():
+    model = _llama()
+    ids = torch.randint(3, 300, (1, 5), generator=torch.Generator().manual_seed(3))
+    ref_tokens, ref = FusedDecoder(model, max_len=80, compile=False).generate(ids, 64, return_logits=True)
+    dec = FusedDecoder(model, max_len=80, compile=False, weight_dtype=torch.float16)
+    assert dec.lm_w.dtype == torch.float16 and dec.layers[0].projs[0][0].dtype == torch.float16
+    assert next(model.parameters()).dtype == torch.float32  # the model itself is untouched
+    tokens, logits = dec.generate(ids, 64, return_logits=True)
+    assert logits.shape == ref.shape == (1, 64, model.config.vocab_size)
+    # teacher-forced comparison on the fp32 path's tokens: ClusterFusion's max-abs 5e-2
+    dec.reset()
+    forced = [dec.prefill(ids)]
+    for t in ref_tokens[0, 5:-1]:
+        forced.append(dec.step(t[None]))
+    assert float((torch.stack(forced, 1) - ref).abs().max()) < 5e-2
