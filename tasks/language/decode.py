@@ -182,6 +182,9 @@ class FusedDecoder:
         layers = getattr(inner, "layers", None)
         if layers is None or not hasattr(model, "lm_head") or not hasattr(layers[0], "self_attn"):
             raise ZooError(f"fused decode supports Llama / Qwen2-style causal LMs (model.model.layers, lm_head), not {type(model).__name__}")
+        if any(hasattr(layer.self_attn, "spiking") for layer in layers):
+            raise ZooError("fused decode does not implement spiking attention (SDLLMConfig(spiking_attention=True)); "
+                           "decode such a model with its own generate()")
         cfg = model.config
         self.model = model.eval()
         self.n_heads = cfg.num_attention_heads

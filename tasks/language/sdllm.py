@@ -44,8 +44,9 @@ Design choices (SDLLM has no public code; see ``/work/shared/ANCHORS.md``):
   codes (two 4-bit codes per byte) and the scales (:func:`pack_state`).
 * full precision stays: embeddings, every norm, the rotary tables, the final
   norm and ``lm_head`` (and, in BERT, the pooler and task heads). The
-  attention products ``QK^T`` and ``PV`` stay dense (not counted by the
-  profiler).
+  attention products ``QK^T`` and ``PV`` stay dense by default (not counted
+  by the profiler); ``spiking_attention=True`` runs them on calibrated counts
+  too (:mod:`tasks.language.spiking_attention`, Llama / Qwen2).
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ class SDLLMConfig:
     calib_seq_len: int = 2048  # texts are truncated to this many tokens
     samples_per_layer: int = 1 << 16  # activation values kept per layer for the gamma search
     targets: Sequence[str] | None = None  # names (suffixes) of the linears to convert; None: every linear of the blocks
+    spiking_attention: bool = False  # also spike Q K^T and P V (tasks.language.spiking_attention)
     seed: int = 0
 
     def __post_init__(self):
@@ -350,7 +352,34 @@ def replace_structure(model: nn.Module, config: SDLLMConfig, names: Sequence[str
                       w_bits=config.w_bits, group_size=config.group_size,
                       device=lin.weight.device, dtype=lin.weight.dtype)
         _set(model, name, sd)
+    if config.spiking_attention:
+        from .spiking_attention import install
+
+        install(model, config.D)
     return names
+
+
+@torch.no_grad()
+def calibrate_attention(model: nn.Module, batches: list[torch.Tensor], config: SDLLMConfig) -> dict[str, float]:
+    """Gammas of the spiking attention steps (q, k, v, p) of every layer, from the model's own forward."""
+    from .spiking_attention import STEPS, SpikingAttention
+
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, SpikingAttention)}
+    gen = torch.Generator().manual_seed(config.seed)
+    stats = {(n, s): _Stats(config.samples_per_layer, gen) for n in layers for s in STEPS}
+    for n, m in layers.items():
+        m.recorders = {s: stats[(n, s)].update for s in STEPS}
+    try:
+        for ids in batches:
+            _forward(model, ids)
+    finally:
+        for m in layers.values():
+            m.recorders = None
+    gammas = {}
+    for (n, s), st in stats.items():
+        gammas[f"{n}.{s}"] = choose_gamma(st, config)
+        getattr(layers[n], f"gamma_{s}").fill_(gammas[f"{n}.{s}"])
+    return gammas
 
 
 # ----------------------------------------------------------------------------------------------- calibration
@@ -528,6 +557,8 @@ def convert(model: nn.Module, calibration, config: SDLLMConfig | dict | None = N
         if lin.bias is not None:
             sd.linear.bias.copy_(lin.bias)
         sd.neuron.gamma.fill_(gammas[n])
+    if config.spiking_attention:  # calibrated on the converted linears' outputs
+        gammas.update(calibrate_attention(model, batches, config))
     model.sdllm = {"config": config.to_dict(), "layers": names, "gammas": gammas}
     return model
 

@@ -121,7 +121,8 @@ def train(data: Path, out: Path, steps: int = 2000, minutes: float | None = None
     return summary
 
 
-VARIANTS = (("full precision", None), ("W4 + spike-driven (D=7)", {}), ("W4 + spike-driven (D=7) + clipping (K=3)", {"clip": 3}))
+VARIANTS = (("full precision", None), ("W4 + spike-driven (D=7)", {}), ("W4 + spike-driven (D=7) + clipping (K=3)", {"clip": 3}),
+            ("W4 + spike-driven (D=7) + spiking attention", {"spiking_attention": True}))
 
 
 def measure(data: Path, base: Path | None = None, context: int = 512, limit: int | None = None) -> list[dict]:

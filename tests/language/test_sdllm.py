@@ -206,3 +206,39 @@ def test_text_calibration(tokenizer):
 def test_find_targets_restriction():
     names = find_targets(tiny_llama(), ["q_proj", "v_proj"])
     assert len(names) == 4 and all(n.endswith(("q_proj", "v_proj")) for n in names)
+
+
+def test_spiking_attention_option(calib_ids):
+    from tasks.language.spiking_attention import SpikingAttention, spiking_attention_forward
+    from tasks.language.decode import FusedDecoder
+
+    fp = tiny_llama()
+    ids = calib_ids[:2, :40]
+    with torch.no_grad():
+        ref = fp(ids).logits
+    plain = convert(tiny_llama(), calib_ids, SDLLMConfig())
+    model = convert(tiny_llama(), calib_ids, SDLLMConfig(spiking_attention=True))
+    att = [m for m in model.modules() if isinstance(m, SpikingAttention)]
+    assert len(att) == 2 and model.config._attn_implementation == "sdllm_spiking"
+    assert all(float(getattr(a, f"gamma_{s}")) != 1.0 for a in att for s in "qkvp")
+    assert "model.layers.0.self_attn.spiking.p" in model.sdllm["gammas"]
+    seen = []
+    original = att[0].product
+    att[0].product = lambda a, b, signed: seen.append(a) or original(a, b, signed)
+    with torch.no_grad():
+        out = model(ids).logits
+        base = plain(ids).logits
+    # the attention products really take integer counts: Q in [-7, 7], P in [0, 7]
+    assert len(seen) == 2 and torch.equal(seen[0], seen[0].round()) and seen[0].abs().max() <= 7
+    assert seen[1].min() >= 0 and seen[1].max() <= 7
+    # it changes the outputs (it is not a no-op) and stays close to the model it approximates
+    assert not torch.equal(out, base)
+    err = lambda x: float((x.softmax(-1) - ref.softmax(-1)).abs().sum(-1).mean())
+    assert err(out) < 0.5, (err(out), err(base))
+    with torch.no_grad(), neurons.spike_driven(model):
+        spike = model(ids).logits
+    assert torch.equal(spike, out)  # integer products: bit-identical in both modes
+    with pytest.raises(ZooError, match="spiking attention"):
+        FusedDecoder(model)
+    with pytest.raises(ZooError, match="q/k/v/o_proj"):
+        convert(tiny_bert(), calib_ids[:, :32], SDLLMConfig(spiking_attention=True))
