@@ -152,4 +152,4 @@ def test_real_manifest_parses():
     assert "spikeyolo-coco-69m" in manifest
     for e in manifest.values():
         e.urls()  # every source is of a known kind
-        assert e.format in ("ultralytics", "torch", "mmengine", "safetensors")
+        assert e.format in ("ultralytics", "torch", "mmengine", "safetensors", "tar.gz")  # tar.gz: a data archive
