@@ -53,7 +53,7 @@ from torch import nn
 
 from zoo.errors import ZooError
 
-from .sdllm import SDLinear, group_epilogue, group_partials
+from .sdllm import SDLinear, group_linear
 
 __all__ = ["FusedDecoder", "attention_step", "mlp_step"]
 
@@ -78,7 +78,7 @@ def _linear(x: torch.Tensor, w, b) -> torch.Tensor:
     if isinstance(w, tuple):
         codes, scales, gamma = w
         counts = torch.round(x / gamma)
-        y = group_epilogue(group_partials(counts.reshape(-1, counts.shape[-1]), codes), scales, gamma)
+        y = group_linear(counts.reshape(-1, counts.shape[-1]).float(), codes, scales, gamma.float())
         y = y.reshape(*x.shape[:-1], codes.shape[-1]).to(x.dtype)
         return y if b is None else y + b
     if w.dtype == x.dtype:

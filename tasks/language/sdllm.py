@@ -182,6 +182,18 @@ def group_epilogue(P: torch.Tensor, scales: torch.Tensor, gamma) -> torch.Tensor
     return (P * scales).sum(0) * gamma
 
 
+@torch.library.custom_op("spiking_zoo::group_linear", mutates_args=())
+def group_linear(counts: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+    """``[N, in]`` counts -> ``[N, out]``: exact group partials and the shared epilogue, as one opaque op
+    (so ``torch.compile`` calls the BLAS batched product instead of unrolling it into slower loops)."""
+    return group_epilogue(group_partials(counts, codes), scales, gamma)
+
+
+@group_linear.register_fake
+def _(counts, codes, scales, gamma):
+    return counts.new_empty((counts.shape[0], codes.shape[-1]), dtype=torch.float32)
+
+
 class GroupQuantLinear(neurons.SpikeLinear):
     r"""A :class:`neurons.SpikeLinear` with group-quantised weights that accumulates like integer hardware.
 
@@ -216,6 +228,13 @@ class GroupQuantLinear(neurons.SpikeLinear):
             self._grid = (key, cg.permute(1, 2, 0).contiguous(), scales.t().unsqueeze(1).contiguous())
         return self._grid[1], self._grid[2]
 
+    def neuron_gamma(self) -> torch.Tensor:
+        """The input step as a float32 tensor (the source neuron's gamma, or the Levels' scale)."""
+        neuron = self.__dict__.get("_source_neuron")
+        if neuron is not None and hasattr(neuron, "gamma"):
+            return neuron.gamma.float()
+        return torch.tensor(float(self.levels.scale))
+
     def _exact(self) -> bool:
         lv = self.levels
         if not self.w_bits or self.weight.device.type == "meta":
@@ -240,8 +259,9 @@ class GroupQuantLinear(neurons.SpikeLinear):
                 events = expand_events(part, lv.D, lv.signed)  # [D, n, in], -1/0/+1
                 P = sum(self._partials(e, codes) for e in events)
             else:
-                P = self._partials(part, codes)
-            outs.append(group_epilogue(P, scales, lv.scale))
+                outs.append(group_linear(part.float(), codes, scales, self.neuron_gamma()))
+                continue
+            outs.append(group_epilogue(P, scales, self.neuron_gamma()))
         y = torch.cat(outs)
         y = y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
         return y if self.bias is None else y + self.bias
