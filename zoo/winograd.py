@@ -39,7 +39,7 @@ _BT = [[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
 _G = [[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
       [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]]
 _AT = [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]]
-_B2 = torch.kron(torch.tensor(_BT, dtype=torch.float64), torch.tensor(_BT, dtype=torch.float64)).float()  # [36, 36]
+_BT_F32 = torch.tensor(_BT, dtype=torch.float32)
 _A2 = torch.kron(torch.tensor(_AT, dtype=torch.float64), torch.tensor(_AT, dtype=torch.float64)).float()  # [16, 36]
 
 
@@ -66,8 +66,9 @@ def winograd_conv2d(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None,
     th, tw = -(-h // 4), -(-w // 4)
     xp = F.pad(x, (pw, tw * 4 + 2 - w_in - pw, ph, th * 4 + 2 - h_in - ph))
     tiles = xp.unfold(2, 6, 4).unfold(3, 6, 4)  # [N, C, th, tw, 6, 6], a view
-    d = tiles.permute(4, 5, 1, 0, 2, 3).reshape(36, c * n * th * tw)  # gathered 6x6 tiles
-    v = torch.mm(_B2, d).view(36, c, n * th * tw)  # B^T d B of every tile
+    d = tiles.permute(4, 5, 1, 0, 2, 3).reshape(6, 6 * c * n * th * tw)  # gathered 6x6 tiles [k, (l, C, tiles)]
+    t = torch.mm(_BT_F32, d).view(6, 6, -1)  # B^T d: [i, l, ...]
+    v = torch.matmul(_BT_F32, t).view(36, c, n * th * tw)  # (B^T d) B: [(i, j), C, tiles], separably
     m = torch.bmm(u, v)  # [36, Co, N tiles]
     y = torch.mm(_A2, m.view(36, -1)).view(4, 4, co, n, th, tw)  # A^T m A
     y = y.permute(3, 2, 4, 0, 5, 1).reshape(n, co, th * 4, tw * 4)
