@@ -58,7 +58,7 @@ def _time(fn, repeats: int) -> tuple[float, object]:
     return statistics.median(times), out
 
 
-def run(size: str = "134m", new_tokens: int = 32, prompt: int = 16, repeats: int = 3, calib: int = 8) -> dict:
+def run(size: str = "134m", new_tokens: int = 32, prompt: int = 16, repeats: int = 3, calib: int = 128) -> dict:
     import torch
 
     from tasks.language.decode import FusedDecoder
@@ -100,6 +100,7 @@ def run(size: str = "134m", new_tokens: int = 32, prompt: int = 16, repeats: int
     t = time.perf_counter()
     convert(model, calib_ids, SDLLMConfig())
     report["conversion_s"] = time.perf_counter() - t
+    report["calib_sequences"] = calib
     with torch.no_grad():
         eager(model)()
         t_eager, ref = _time(eager(model), repeats)
@@ -120,11 +121,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--new-tokens", type=int, default=None, metavar="N", help="greedy tokens per run (language, default 32)")
     add("--prompt", type=int, default=None, metavar="N", help="prompt tokens (language, default 16)")
     add("--repeats", type=int, default=None, metavar="N", help="timed runs per path (default 3)")
+    add("--calib", type=int, default=None, metavar="N", help="SDLLM calibration sequences of 128 tokens (language, default 128)")
 
 
 @task_command("bench", "language", add_arguments)
 def run_bench(args) -> None:
-    report = run(args.size or "134m", args.new_tokens or 32, args.prompt or 16, args.repeats or 3)
+    report = run(args.size or "134m", args.new_tokens or 32, args.prompt or 16, args.repeats or 3, args.calib or 128)
     if getattr(args, "json", False):
         print(json.dumps(report, indent=2))
         return
@@ -139,7 +141,8 @@ def run_bench(args) -> None:
     print(f"full precision, fp16 weight copies (ClusterFusion's precision): fused decode {h['speedup']:.2f}x the "
           f"tokens/s of transformers eager fp32 generate; logits vs the fp32 path max-abs {h['max_abs_logits']:.2g} "
           f"(ClusterFusion's tolerance 5e-2); same tokens: {h['same_tokens']}")
-    print(f"SDLLM conversion (calibration + int4 weights + layer replacement): {report['conversion_s']:.2f} s")
+    print(f"SDLLM conversion ({report['calib_sequences']} calibration sequences of 128 tokens + int4 weights + "
+          f"layer replacement): {report['conversion_s']:.2f} s")
     for label in ("fp", "sdllm"):
         a = report[label]["activity"]
         fr = a["firing_rate"]
