@@ -7,13 +7,19 @@ import torch
 from .errors import ZooError
 
 
-def check_image_batch(x, model: str, channels: int = 3, multiple: int = 1) -> None:
-    """``x`` must be a float tensor ``[B, channels, H, W]`` with H and W multiples of ``multiple``."""
+def check_image_batch(x, model: str, channels: int = 3, multiple: int = 1, ndims: tuple = (4,)) -> None:
+    """``x`` must be a float tensor ``[B, channels, H, W]`` (or ``[B, T, channels, H, W]`` when 5 is in
+    ``ndims``) with H and W positive multiples of ``multiple``."""
+    shape = " or ".join({4: f"[B, {channels}, H, W]", 5: f"[B, T, {channels}, H, W]"}[n] for n in ndims)
     if not isinstance(x, torch.Tensor):
-        raise ZooError(f"{model} takes a torch.Tensor [B, {channels}, H, W], got {type(x).__name__}")
-    if x.ndim != 4 or x.shape[1] != channels:
-        raise ZooError(f"{model} takes images [B, {channels}, H, W], got shape {list(x.shape)}")
+        raise ZooError(f"{model} expects a torch.Tensor {shape}, got {type(x).__name__}")
+    if x.dim() not in ndims:
+        raise ZooError(f"{model} expects a {shape} tensor, got {x.dim()} dims, shape {tuple(x.shape)}")
+    if x.shape[-3] != channels:
+        raise ZooError(f"{model} expects {channels} input channels, got {x.shape[-3]} (shape {tuple(x.shape)})")
     if not x.is_floating_point():
-        raise ZooError(f"{model} takes float images scaled to [0, 1], got {x.dtype}; use x.float() / 255")
-    if multiple > 1 and (x.shape[2] % multiple or x.shape[3] % multiple):
-        raise ZooError(f"{model} needs H and W divisible by {multiple}, got {x.shape[2]}x{x.shape[3]}; letterbox or resize first")
+        raise ZooError(f"{model} expects a float image in [0, 1], got dtype {x.dtype}; use x.float() / 255")
+    h, w = x.shape[-2:]
+    if h == 0 or w == 0 or h % multiple or w % multiple:
+        raise ZooError(f"{model} needs H and W to be positive multiples of {multiple} (divisible by {multiple}), "
+                       f"got {h}x{w}; pad, letterbox or resize the image")

@@ -63,6 +63,12 @@ def from_official(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """
     from .spikeyolo import build_spikeyolo
 
+    return validate_official(state, lambda key: key.startswith("model."), infer_config, build_spikeyolo, "SpikeYOLO")
+
+
+def validate_official(state, keep, infer, build, label: str) -> dict[str, torch.Tensor]:
+    """The tensors of an official state dict whose (``module.``-stripped) key passes ``keep``, in float32,
+    checked key by key and shape by shape against ``build(**infer(tensors))``; :class:`WeightsError` otherwise."""
     if not isinstance(state, dict):
         raise WeightsError(f"expected a state dict (dict of tensors), got {type(state).__name__}")
     out: dict[str, torch.Tensor] = {}
@@ -70,18 +76,17 @@ def from_official(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if not isinstance(value, torch.Tensor):
             continue  # non-tensor junk (e.g. metadata)
         key = key.removeprefix("module.")
-        if not key.startswith("model."):
-            continue
-        out[key] = value.detach().to(torch.float32) if value.is_floating_point() else value.detach()
-    cfg = infer_config(out)
+        if keep(key):
+            out[key] = value.detach().to(torch.float32) if value.is_floating_point() else value.detach()
+    cfg = infer(out)
     with torch.device("meta"):
-        expected = build_spikeyolo(**cfg).state_dict()
+        expected = build(**cfg).state_dict()
     missing, unexpected = set(expected) - set(out), set(out) - set(expected)
     if missing or unexpected:
         parts = [f"missing {len(missing)} keys: {_names(missing)}" if missing else "",
                  f"unexpected {len(unexpected)} keys: {_names(unexpected)}" if unexpected else ""]
-        raise WeightsError(f"SpikeYOLO state dict does not fit the model ({cfg}): " + "; ".join(p for p in parts if p))
+        raise WeightsError(f"{label} state dict does not fit the model ({cfg}): " + "; ".join(p for p in parts if p))
     bad = [f"{k} {tuple(out[k].shape)} != {tuple(v.shape)}" for k, v in expected.items() if out[k].shape != v.shape]
     if bad:
-        raise WeightsError(f"SpikeYOLO state dict has {len(bad)} tensors of the wrong shape: {_names(bad)}")
+        raise WeightsError(f"{label} state dict has {len(bad)} tensors of the wrong shape: {_names(bad)}")
     return out

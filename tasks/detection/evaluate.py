@@ -117,22 +117,25 @@ def coco_map(detections: Sequence[dict], targets: Sequence[dict]) -> dict:
     ``stats`` COCOeval's 12 numbers by name (-1 where undefined). Labels are used as
     category ids on both sides, so any consistent numbering works.
     """
-    try:
-        from pycocotools.cocoeval import COCOeval
-    except ImportError:
-        raise ZooError("COCO evaluation needs pycocotools: pip install pycocotools") from None
     gt = _coco_gt(targets)
     if not gt.dataset["annotations"]:
         raise ZooError("the ground truth has no boxes; there is nothing to evaluate against")
-    known = set(gt.imgs)
-    results = to_coco_results(detections)
-    unknown = {r["image_id"] for r in results} - known
+    return _evaluate(gt, to_coco_results(detections), "the ground truth")
+
+
+def _evaluate(gt, results: list[dict], where: str, image_ids=None) -> dict:
+    """COCOeval of ``results`` against the pycocotools ``gt`` (optionally on ``image_ids`` only)."""
+    from pycocotools.cocoeval import COCOeval
+
+    unknown = {r["image_id"] for r in results} - set(gt.imgs)
     if unknown:
-        raise ZooError(f"detections for image ids not in the ground truth (e.g. {sorted(unknown, key=str)[0]!r})")
+        raise ZooError(f"detections for image ids not in {where} (e.g. {sorted(unknown, key=str)[0]!r})")
     if not results:
         return _no_results()
     with contextlib.redirect_stdout(io.StringIO()):
         ev = COCOeval(gt, gt.loadRes(results), "bbox")
+    if image_ids is not None:
+        ev.params.imgIds = sorted({_image_id(i) for i in image_ids})
     return _summarize(ev)
 
 
@@ -160,27 +163,14 @@ def coco_map_json(
     ``category_ids[label]`` is the JSON's category id of each label (default the
     label itself); ``image_ids``: score only these images (default all in the file).
     """
-    try:
-        from pycocotools.coco import COCO
-        from pycocotools.cocoeval import COCOeval
-    except ImportError:
-        raise ZooError("COCO evaluation needs pycocotools: pip install pycocotools") from None
+    from pycocotools.coco import COCO  # a dependency of the zoo (pyproject.toml)
+
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             gt = COCO(str(annotation_file))
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ZooError(f"cannot read COCO annotations {annotation_file} ({e})") from None
-    results = to_coco_results(detections, category_ids)
-    unknown = {r["image_id"] for r in results} - set(gt.imgs)
-    if unknown:
-        raise ZooError(f"detections for image ids not in {annotation_file} (e.g. {sorted(unknown, key=str)[0]!r})")
-    if not results:
-        return _no_results()
-    with contextlib.redirect_stdout(io.StringIO()):
-        ev = COCOeval(gt, gt.loadRes(results), "bbox")
-    if image_ids is not None:
-        ev.params.imgIds = sorted({_image_id(i) for i in image_ids})
-    return _summarize(ev)
+    return _evaluate(gt, to_coco_results(detections, category_ids), str(annotation_file), image_ids)
 
 
 @dataclass

@@ -76,6 +76,7 @@ from torch import nn
 
 import neurons
 from zoo.errors import ZooError
+from zoo.inputs import check_image_batch
 
 __all__ = [
     "SCALES", "SpikeYOLOConfig", "SpikeYOLO", "build_spikeyolo",
@@ -563,18 +564,7 @@ class SpikeYOLO(nn.Module):
 
     def check_input(self, x) -> None:
         """Raise :class:`ZooError` (one line) unless ``x`` is a float image batch this model can take."""
-        shape = "[B, 3, H, W] or [B, T, 3, H, W]" if self.cfg.gen1 else "[B, 3, H, W]"
-        if not isinstance(x, torch.Tensor):
-            raise ZooError(f"SpikeYOLO expects a torch.Tensor {shape}, got {type(x).__name__}")
-        if x.dim() not in ((4, 5) if self.cfg.gen1 else (4,)):
-            raise ZooError(f"SpikeYOLO expects a {shape} tensor, got {x.dim()} dims {tuple(x.shape)}")
-        if x.shape[-3] != 3:
-            raise ZooError(f"SpikeYOLO expects 3 input channels, got {x.shape[-3]} (shape {tuple(x.shape)})")
-        if not x.is_floating_point():
-            raise ZooError(f"SpikeYOLO expects a float image in [0, 1], got dtype {x.dtype}; use x.float() / 255")
-        h, w = x.shape[-2:]
-        if h % 32 or w % 32 or h == 0 or w == 0:
-            raise ZooError(f"SpikeYOLO needs H and W to be positive multiples of 32, got {h}x{w}; pad or resize the image")
+        check_image_batch(x, "SpikeYOLO", multiple=32, ndims=(4, 5) if self.cfg.gen1 else (4,))
 
     def forward(self, x: torch.Tensor):
         self.check_input(x)

@@ -113,6 +113,7 @@ from neurons import BinaryLIF, SpikeConv3d, TopKSpike
 
 from .data import EVDET200K_CLASSES, VOC_CLASSES
 from zoo.errors import WeightsError, ZooError
+from zoo.inputs import check_image_batch
 from zoo.registry import register
 
 from .spikeyolo import (
@@ -600,17 +601,7 @@ class TDE(nn.Module):
 
     def check_input(self, x) -> None:
         """Raise :class:`ZooError` (one line) unless ``x`` is a float image batch ``[B, 3, H, W]``."""
-        if not isinstance(x, torch.Tensor):
-            raise ZooError(f"TDE expects a torch.Tensor [B, 3, H, W], got {type(x).__name__}")
-        if x.dim() != 4:
-            raise ZooError(f"TDE expects a [B, 3, H, W] tensor, got {x.dim()} dims {tuple(x.shape)}")
-        if x.shape[1] != 3:
-            raise ZooError(f"TDE expects 3 input channels, got {x.shape[1]} (shape {tuple(x.shape)})")
-        if not x.is_floating_point():
-            raise ZooError(f"TDE expects a float image in [0, 1], got dtype {x.dtype}; use x.float() / 255")
-        h, w = x.shape[-2:]
-        if h % 32 or w % 32 or h == 0 or w == 0:
-            raise ZooError(f"TDE needs H and W to be positive multiples of 32, got {h}x{w}; pad or resize the image")
+        check_image_batch(x, "TDE", multiple=32)
 
     def forward(self, x: torch.Tensor):
         self.check_input(x)
@@ -666,7 +657,7 @@ def build_tde(config: str = "TDE(SDA)", scale="s", nc: int = 20, T: int = 4, rep
 
 # --------------------------------------------------------------------------- official state dicts
 
-from .convert import _names  # noqa: E402
+from .convert import validate_official  # noqa: E402
 from .convert import _repeats as _count  # noqa: E402
 
 
@@ -726,28 +717,8 @@ def from_official(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     strips DDP ``module.`` prefixes, casts to float32 and checks that every key
     and shape fits the TDE config the state dict belongs to (:func:`infer_config`).
     """
-    if not isinstance(state, dict):
-        raise WeightsError(f"expected a state dict (dict of tensors), got {type(state).__name__}")
-    out: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        if not isinstance(value, torch.Tensor):
-            continue
-        key = key.removeprefix("module.")
-        if not (key.startswith("model.") or re.match(r"^attention_\d+$", key)):
-            continue
-        out[key] = value.detach().to(torch.float32) if value.is_floating_point() else value.detach()
-    cfg = infer_config(out)
-    with torch.device("meta"):
-        expected = build_tde(**cfg).state_dict()
-    missing, unexpected = set(expected) - set(out), set(out) - set(expected)
-    if missing or unexpected:
-        parts = [f"missing {len(missing)} keys: {_names(missing)}" if missing else "",
-                 f"unexpected {len(unexpected)} keys: {_names(unexpected)}" if unexpected else ""]
-        raise WeightsError(f"TDE state dict does not fit the model ({cfg}): " + "; ".join(p for p in parts if p))
-    bad = [f"{k} {tuple(out[k].shape)} != {tuple(v.shape)}" for k, v in expected.items() if out[k].shape != v.shape]
-    if bad:
-        raise WeightsError(f"TDE state dict has {len(bad)} tensors of the wrong shape: {_names(bad)}")
-    return out
+    return validate_official(state, lambda key: key.startswith("model.") or re.match(r"^attention_\d+$", key),
+                             infer_config, build_tde, "TDE")
 
 
 # --------------------------------------------------------------------------- registry

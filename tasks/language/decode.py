@@ -64,23 +64,20 @@ def _rms(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
     return w * xf.to(x.dtype)
 
 
-def _encode(x: torch.Tensor, gamma: torch.Tensor | None, D: int) -> torch.Tensor:
-    if gamma is None:
-        return x
-    return torch.round(torch.clamp(x / gamma, -D, D)) * gamma
+def _project(x: torch.Tensor, proj: tuple) -> torch.Tensor:
+    """One projection ``(W, b, gamma, D)``: Ternary-encode ``x`` (SDLLM; ``gamma=None``: full precision), then
+    ``x W^T + b`` in the weight's dtype (fp16 copies: half the bytes read per step), result in x's dtype.
 
-
-def _linear(x: torch.Tensor, w, b) -> torch.Tensor:
-    """``x W^T + b`` in the weight's dtype (fp16 weights: half the bytes read per step), result in x's dtype.
-
-    ``w = (codes, scales, gamma)``: an SDLLM layer's exact integer accumulation (as
-    :class:`tasks.language.sdllm.GroupQuantLinear`), so decoding gives the eager model's counts."""
+    ``W = (codes, scales)``: an SDLLM layer's exact integer accumulation (the op of
+    :class:`tasks.language.sdllm.GroupQuantLinear`), so decoding sees the eager model's counts."""
+    w, b, gamma, D = proj
     if isinstance(w, tuple):
-        codes, scales, gamma = w
-        counts = torch.round(x / gamma)
-        y = group_linear(counts.reshape(-1, counts.shape[-1]).float(), codes, scales, gamma.float())
-        y = y.reshape(*x.shape[:-1], codes.shape[-1]).to(x.dtype)
+        counts = torch.round(torch.clamp(x / gamma, -D, D))
+        y = group_linear(counts.reshape(-1, counts.shape[-1]).float(), w[0], w[1], gamma.float())
+        y = y.reshape(*x.shape[:-1], w[0].shape[-1]).to(x.dtype)
         return y if b is None else y + b
+    if gamma is not None:
+        x = torch.round(torch.clamp(x / gamma, -D, D)) * gamma
     if w.dtype == x.dtype:
         return F.linear(x, w, b)
     return F.linear(x.to(w.dtype), w, b).to(x.dtype)
@@ -101,7 +98,7 @@ def attention_step(residual, delta, ln_w, eps: float, projs, wo, bo, o_gamma, o_
     """
     residual = residual + delta
     x = _rms(residual, ln_w, eps)
-    outs = [_linear(_encode(x, g, D), w, b) for w, b, g, D in projs]
+    outs = [_project(x, p) for p in projs]
     qkv = outs[0] if len(outs) == 1 else torch.cat(outs, -1)
     B = x.shape[0]
     q, k, v = qkv.split([n_heads * head_dim, n_kv * head_dim, n_kv * head_dim], -1)
@@ -121,7 +118,7 @@ def attention_step(residual, delta, ln_w, eps: float, projs, wo, bo, o_gamma, o_
     scores = scores.masked_fill(~valid, float("-inf"))
     probs = torch.softmax(scores.float(), -1).to(q.dtype)
     attn = torch.einsum("bkgs,bksd->bkgd", probs, v_cache).reshape(B, n_heads * head_dim)
-    return residual, _linear(_encode(attn, o_gamma, o_D), wo, bo)
+    return residual, _project(attn, (wo, bo, o_gamma, o_D))
 
 
 def mlp_step(residual, delta, ln_w, eps: float, gate, up, down, gate_up=None):
@@ -131,19 +128,18 @@ def mlp_step(residual, delta, ln_w, eps: float, gate, up, down, gate_up=None):
     residual = residual + delta
     x = _rms(residual, ln_w, eps)
     if gate_up is not None:
-        g, u = _linear(x, gate_up, None).chunk(2, -1)
+        g, u = _project(x, (gate_up, None, None, 0)).chunk(2, -1)
     else:
-        g = _linear(_encode(x, gate[2], gate[3]), gate[0], gate[1])
-        u = _linear(_encode(x, up[2], up[3]), up[0], up[1])
+        g, u = _project(x, gate), _project(x, up)
     h = F.silu(g) * u
-    return residual, _linear(_encode(h, down[2], down[3]), down[0], down[1])
+    return residual, _project(h, down)
 
 
 def _proj(m: nn.Module):
     if isinstance(m, SDLinear):
         if m.linear._exact():
             codes, scales = m.linear._codes()
-            return ((codes, scales, m.neuron.gamma), m.linear.bias, m.neuron.gamma, m.neuron.D)
+            return ((codes, scales), m.linear.bias, m.neuron.gamma, m.neuron.D)
         return (m.linear.weight, m.linear.bias, m.neuron.gamma, m.neuron.D)
     if type(m) is nn.Linear:
         return (m.weight, m.bias, None, 0)
@@ -232,7 +228,7 @@ class FusedDecoder:
             head = model.lm_head
             self.lm_w, self.lm_b = head.weight, head.bias
             if weight_dtype is not None and weight_dtype != self.dtype:
-                def cast(t):  # SDLLM's exact (codes, scales, gamma) stay as they are
+                def cast(t):  # SDLLM's exact (codes, scales) stay as they are
                     return t if t is None or isinstance(t, tuple) else t.detach().to(weight_dtype).contiguous()
 
                 for L in self.layers:
@@ -272,7 +268,7 @@ class FusedDecoder:
                                          self.n_heads, self.n_kv, self.head_dim)
             residual, delta = self._mlp(residual, delta, L.ln2, L.eps2, L.gate, L.up, L.down, L.gate_up)
         self.pos += 1
-        return _linear(inner.norm(residual + delta), self.lm_w, self.lm_b).float()
+        return _project(inner.norm(residual + delta), (self.lm_w, self.lm_b, None, 0)).float()
 
     @torch.no_grad()
     def prefill(self, input_ids: torch.Tensor) -> torch.Tensor:

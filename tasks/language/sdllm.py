@@ -228,13 +228,6 @@ class GroupQuantLinear(neurons.SpikeLinear):
             self._grid = (key, cg.permute(1, 2, 0).contiguous(), scales.t().unsqueeze(1).contiguous())
         return self._grid[1], self._grid[2]
 
-    def neuron_gamma(self) -> torch.Tensor:
-        """The input step as a float32 tensor (the source neuron's gamma, or the Levels' scale)."""
-        neuron = self.__dict__.get("_source_neuron")
-        if neuron is not None and hasattr(neuron, "gamma"):
-            return neuron.gamma.float()
-        return torch.tensor(float(self.levels.scale))
-
     def _exact(self) -> bool:
         lv = self.levels
         if not self.w_bits or self.weight.device.type == "meta":
@@ -252,16 +245,15 @@ class GroupQuantLinear(neurons.SpikeLinear):
         codes, scales = self._codes()
         counts = self.input_counts(x) if self.spike_driven else torch.round(x / lv.scale)
         flat = counts.reshape(-1, self.in_features)
+        gamma = torch.tensor(lv.scale, dtype=torch.float32)  # the neuron's fp32 gamma, exactly
         rows = max(1, CHUNK_ELEMENTS // (codes.shape[0] * codes.shape[2]))
         outs = []
         for part in flat.split(rows):
             if self.spike_driven:  # accumulate the events slot by slot: integer partials, exact
                 events = expand_events(part, lv.D, lv.signed)  # [D, n, in], -1/0/+1
-                P = sum(self._partials(e, codes) for e in events)
+                outs.append(group_epilogue(sum(self._partials(e, codes) for e in events), scales, gamma))
             else:
-                outs.append(group_linear(part.float(), codes, scales, self.neuron_gamma()))
-                continue
-            outs.append(group_epilogue(P, scales, self.neuron_gamma()))
+                outs.append(group_linear(part.float(), codes, scales, gamma))
         y = torch.cat(outs)
         y = y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
         return y if self.bias is None else y + self.bias

@@ -122,6 +122,7 @@ def install(model: nn.Module, D: int) -> list[SpikingAttention]:
         if not isinstance(getattr(m, "spiking", None), SpikingAttention):
             m.spiking = SpikingAttention(D)
         out.append(m.spiking)
-    for cfg in {id(c): c for c in [model.config] + [getattr(m, "config", model.config) for m in mods]}.values():
-        cfg._attn_implementation = NAME
+    for owner in [model, *mods]:  # the attention modules read their (usually shared) config
+        if getattr(owner, "config", None) is not None:
+            owner.config._attn_implementation = NAME
     return out
