@@ -510,6 +510,22 @@ def _stack(blocks: list[nn.Module]) -> nn.Module:
     return blocks[0] if len(blocks) == 1 else nn.Sequential(*blocks)
 
 
+def backbone(c1: int, c3: int, c5: int, c7: int, c_sppf: int, repeats, neuron) -> list[nn.Module]:
+    """The YAML's backbone after the first downsampling: four stages (spike conv blocks, each but the last
+    followed by a stride-2 MS_DownSampling) and SpikeSPPF; shared by SpikeYOLO and TDE (layers 2..9 / 1..8)."""
+    n1, n3, n5, n7 = repeats
+    return [
+        _stack([MS_AllConvBlock(c1, 4, 7, neuron) for _ in range(n1)]),
+        MS_DownSampling(c1, c3, 3, 2, 1, False, neuron),
+        _stack([MS_AllConvBlock(c3, 4, 7, neuron) for _ in range(n3)]),  # P3
+        MS_DownSampling(c3, c5, 3, 2, 1, False, neuron),
+        _stack([MS_ConvBlock(c5, 3, 7, neuron) for _ in range(n5)]),  # P4
+        MS_DownSampling(c5, c7, 3, 2, 1, False, neuron),
+        _stack([MS_ConvBlock(c7, 2, 7, neuron) for _ in range(n7)]),
+        SpikeSPPF(c7, c_sppf, 5, neuron),  # P5
+    ]
+
+
 class SpikeYOLO(nn.Module):
     """SpikeYOLO detector. Input: float images ``[B, 3, H, W]`` in [0, 1], H and W multiples of 32
     (Gen1 also ``[B, T, 3, H, W]`` event frames). Output: see :class:`SpikeDetect`.
@@ -531,14 +547,7 @@ class SpikeYOLO(nn.Module):
         self.model = nn.ModuleList([
             GetT(cfg.T),                                                                   # 0
             MS_DownSampling(3, c1, 7, 4, 2, True, neuron),                                 # 1
-            _stack([MS_AllConvBlock(c1, 4, 7, neuron) for _ in range(n2)]),                # 2
-            MS_DownSampling(c1, c3, 3, 2, 1, False, neuron),                               # 3
-            _stack([MS_AllConvBlock(c3, 4, 7, neuron) for _ in range(n4)]),                # 4  P3
-            MS_DownSampling(c3, c5, 3, 2, 1, False, neuron),                               # 5
-            _stack([MS_ConvBlock(c5, 3, 7, neuron) for _ in range(n6)]),                   # 6  P4
-            MS_DownSampling(c5, c7, 3, 2, 1, False, neuron),                               # 7
-            _stack([MS_ConvBlock(c7, 2, 7, neuron) for _ in range(n8)]),                   # 8
-            SpikeSPPF(c7, c9, 5, neuron),                                                  # 9  P5
+            *backbone(c1, c3, c5, c7, c9, (n2, n4, n6, n8), neuron),                      # 2..9 (P3 4, P4 6, P5 9)
             MS_StandardConv(c9, c10, 1, 1, neuron),                                        # 10
             up(),                                                                          # 11
             MS_ConvBlock(c10, 3, 7, neuron),                                               # 12

@@ -118,7 +118,7 @@ from zoo.registry import register
 
 from .spikeyolo import (
     SCALES, Concat, GetT, MS_AllConvBlock, MS_ConvBlock, MS_DownSampling, MS_StandardConv, SpikeDetect,
-    SpikeSPPF, _repeats, _stack, batch_norm, layer_widths, per_step,
+    _repeats, backbone, batch_norm, layer_widths, per_step,
 )
 
 __all__ = [
@@ -502,14 +502,7 @@ class TDE(nn.Module):
         head = SpikeDetectTD if lay.td_head else SpikeDetect
         head_args = dict(T=T) if lay.td_head else {}
         self.model = nn.ModuleList(stem + [
-            _stack([MS_AllConvBlock(c1, 4, 7, neuron) for _ in range(n1)]),   # 1   (SE-layout index)
-            MS_DownSampling(c1, c3, 3, 2, 1, False, neuron),                   # 2
-            _stack([MS_AllConvBlock(c3, 4, 7, neuron) for _ in range(n3)]),   # 3   P3
-            MS_DownSampling(c3, c5, 3, 2, 1, False, neuron),                   # 4
-            _stack([MS_ConvBlock(c5, 3, 7, neuron) for _ in range(n5)]),      # 5   P4
-            MS_DownSampling(c5, c7, 3, 2, 1, False, neuron),                   # 6
-            _stack([MS_ConvBlock(c7, 2, 7, neuron) for _ in range(n7)]),      # 7
-            SpikeSPPF(c7, c8, 5, neuron),                                      # 8   P5
+            *backbone(c1, c3, c5, c7, c8, (n1, n3, n5, n7), neuron),          # 1..8 (SE-layout index; P3 3, P4 5, P5 8)
             MS_StandardConv(c8, c9, 1, 1, neuron),                             # 9
             up(),                                                              # 10
             block("conv", c9, 3, "neck"),                                      # 11
