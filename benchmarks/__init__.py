@@ -1,4 +1,9 @@
-"""Benchmark suites behind ``zoo bench TASK``: speed as ratios measured side by side in one run."""
+"""Benchmark suites behind ``zoo bench TASK``: ``benchmarks/<task>.py`` exposes ``VERB`` (found by the task's
+name); speed as ratios measured side by side in one run."""
 
-from . import detection  # noqa: F401  (registers `zoo bench detection`)
-from . import language  # noqa: F401,E402  (registers `zoo bench language`)
+import sys
+
+
+def progress(message: str) -> None:
+    """What the bench is doing now, on stderr (stdout stays the report)."""
+    print(f"zoo bench: {message}", file=sys.stderr, flush=True)

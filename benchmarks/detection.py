@@ -32,8 +32,10 @@ import subprocess
 import sys
 import time
 
-from zoo.cli import task_command
 from zoo.errors import ZooError
+from zoo.plugin import Verb
+
+from . import progress
 
 PATHS = ("reference", "fp32-fast", "fp32-winograd", "fp32-compiled", "bf16-fast")
 
@@ -161,9 +163,9 @@ def run(name: str = "spikeyolo-coco", weights: str | None = None, imgsz: int = 6
         with_map: bool = True) -> dict:
     results = {}
     bf16 = cpu_has_bf16()
-    for path in PATHS:
-        if path == "bf16-fast" and not bf16:
-            continue
+    todo = [p for p in PATHS if p != "bf16-fast" or bf16]
+    for i, path in enumerate(todo, 1):
+        progress(f"[{i}/{len(todo)}] timing path {path} ({name}, {imgsz}x{imgsz}, {repeats} forwards, own process)")
         cmd = [sys.executable, "-c",
                "import json, sys; from benchmarks.detection import worker; "
                f"print(json.dumps(worker({path!r}, {name!r}, {weights!r}, {imgsz}, {repeats})))"]
@@ -178,27 +180,22 @@ def run(name: str = "spikeyolo-coco", weights: str | None = None, imgsz: int = 6
     if not bf16:
         report["bf16_probe_ms"] = conv_precision_probe()
     if with_map:
+        progress("demo model mAP@50 on 200 generated held-out images: reference, fast, Winograd, spike-driven")
         report["demo_map"] = demo_map()
     return report
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    def add(*flags, **kw):
-        if not any(f in parser._option_string_actions for f in flags):
-            parser.add_argument(*flags, **kw)
-
-    add("--model", default=None, help="detection model (default spikeyolo-coco)")
-    add("--weights", default=None, metavar="PATH", help="weights (default: random, with firing BN statistics)")
-    add("--imgsz", type=int, default=None, metavar="N")
-    add("--repeats", type=int, default=None, metavar="N", help="timed forwards per path (default 5)")
-    add("--no-map", action="store_true", help="skip the demo model's mAP check")
+    parser.add_argument("--model", default="spikeyolo-coco", help="detection model (default spikeyolo-coco)")
+    parser.add_argument("--weights", default=None, metavar="PATH", help="weights (default: random, with firing BN statistics)")
+    parser.add_argument("--imgsz", type=int, default=640, metavar="N", help="input size (default 640)")
+    parser.add_argument("--repeats", type=int, default=5, metavar="N", help="timed forwards per path (default 5)")
+    parser.add_argument("--no-map", action="store_true", help="skip the demo model's mAP check")
 
 
-@task_command("bench", "detection", add_arguments)
 def run_bench(args) -> None:
-    report = run(args.model or "spikeyolo-coco", args.weights, args.imgsz or 640, args.repeats or 5,
-                 with_map=not args.no_map)
-    if getattr(args, "json", False):
+    report = run(args.model, args.weights, args.imgsz, args.repeats, with_map=not args.no_map)
+    if args.json:
         print(json.dumps(report, indent=2))
         return
     from zoo.table import text
@@ -222,3 +219,7 @@ def run_bench(args) -> None:
               f"(change {abs(d['fast_map50'] - d['reference_map50']) * 100:.2f} points), all-Winograd "
               f"{d['winograd_map50'] * 100:.2f} (change {abs(d['winograd_map50'] - d['reference_map50']) * 100:.2f} points), spike-driven "
               f"{d['spike_map50'] * 100:.2f}")
+
+
+VERB = Verb("SpikeYOLO inference paths side by side (reference = the official computation), as speed ratios",
+            add_arguments, run_bench, takes="task")

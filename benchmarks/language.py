@@ -27,7 +27,9 @@ import json
 import statistics
 import time
 
-from zoo.cli import task_command
+from zoo.plugin import Verb
+
+from . import progress
 
 SIZES = {
     # SmolLM-135M's architecture (HuggingFaceTB/SmolLM-135M: 30 layers, hidden 576, GQA 9/3, tied embeddings)
@@ -65,6 +67,7 @@ def run(size: str = "134m", new_tokens: int = 32, prompt: int = 16, repeats: int
     from tasks.language.evaluate import activity
     from tasks.language.sdllm import SDLLMConfig, convert
 
+    progress(f"building a random Llama {size}")
     model = _model(size)
     params = sum(p.numel() for p in model.parameters())
     ids = torch.randint(1, model.config.vocab_size, (1, prompt), generator=torch.Generator().manual_seed(0))
@@ -81,8 +84,10 @@ def run(size: str = "134m", new_tokens: int = 32, prompt: int = 16, repeats: int
 
     report: dict = {"size": size, "params": params, "prompt": prompt, "new_tokens": new_tokens, "repeats": repeats}
     with torch.no_grad():
+        progress(f"full precision: transformers eager generate, {repeats} runs of {new_tokens} tokens")
         eager(model)()  # warm-up
         t_eager, ref = _time(eager(model), repeats)
+        progress("full precision: fused static-cache decode (compiles once), fp32 then fp16 weight copies")
         dec, compile_s = fused_paths(model)
         t_fused, out = _time(lambda: dec.generate(ids, new_tokens), repeats)
         _, ref_logits = dec.generate(ids, new_tokens, return_logits=True)
@@ -97,11 +102,13 @@ def run(size: str = "134m", new_tokens: int = 32, prompt: int = 16, repeats: int
                               "max_abs_logits": float((half_logits - ref_logits).abs().max())}
 
     calib_ids = torch.randint(1, model.config.vocab_size, (calib, 128), generator=torch.Generator().manual_seed(1))
+    progress(f"SDLLM conversion with {calib} calibration sequences")
     t = time.perf_counter()
     convert(model, calib_ids, SDLLMConfig())
     report["conversion_s"] = time.perf_counter() - t
     report["calib_sequences"] = calib
     with torch.no_grad():
+        progress("SDLLM: eager generate, then fused decode")
         eager(model)()
         t_eager, ref = _time(eager(model), repeats)
         dec, compile_s = fused_paths(model)
@@ -113,21 +120,16 @@ def run(size: str = "134m", new_tokens: int = 32, prompt: int = 16, repeats: int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    def add(*flags, **kw):
-        if not any(f in parser._option_string_actions for f in flags):
-            parser.add_argument(*flags, **kw)
-
-    add("--size", choices=tuple(SIZES), default=None, help="random Llama size (language, default 134m)")
-    add("--new-tokens", type=int, default=None, metavar="N", help="greedy tokens per run (language, default 32)")
-    add("--prompt", type=int, default=None, metavar="N", help="prompt tokens (language, default 16)")
-    add("--repeats", type=int, default=None, metavar="N", help="timed runs per path (default 3)")
-    add("--calib", type=int, default=None, metavar="N", help="SDLLM calibration sequences of 128 tokens (language, default 128)")
+    parser.add_argument("--size", choices=tuple(SIZES), default="134m", help="random Llama size (default 134m)")
+    parser.add_argument("--new-tokens", type=int, default=32, metavar="N", help="greedy tokens per run (default 32)")
+    parser.add_argument("--prompt", type=int, default=16, metavar="N", help="prompt tokens (default 16)")
+    parser.add_argument("--repeats", type=int, default=3, metavar="N", help="timed runs per path (default 3)")
+    parser.add_argument("--calib", type=int, default=128, metavar="N", help="SDLLM calibration sequences of 128 tokens (default 128)")
 
 
-@task_command("bench", "language", add_arguments)
 def run_bench(args) -> None:
-    report = run(args.size or "134m", args.new_tokens or 32, args.prompt or 16, args.repeats or 3, args.calib or 128)
-    if getattr(args, "json", False):
+    report = run(args.size, args.new_tokens, args.prompt, args.repeats, args.calib)
+    if args.json:
         print(json.dumps(report, indent=2))
         return
     print(f"random Llama {report['size']} ({report['params'] / 1e6:.0f}M params), batch 1, prompt {report['prompt']}, "
@@ -150,3 +152,7 @@ def run_bench(args) -> None:
               f"{'-' if fr is None else f'{fr:.4f}'}, {a['events_per_token']:.4g} events/token, "
               f"{a['acs_per_token']:.4g} ACs + {a['macs_per_token']:.4g} MACs per token, "
               f"{a['energy_per_token_mj']:.4g} mJ/token ({a['e_mac_pj']} pJ/MAC, {a['e_ac_pj']} pJ/AC)")
+
+
+VERB = Verb("fused decode vs transformers' generate (full precision and SDLLM), conversion time, activity per token",
+            add_arguments, run_bench, takes="task")

@@ -3,62 +3,52 @@ that both agree, and resetting neuron state so that users never have to."""
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import torch
 from spikingjelly.activation_based import functional
 from torch import nn
 
-from zoo.errors import ZooError
+from .errors import NeuronError
 
 from .synapse import Synapse
 
-__all__ = ["to_spike_driven", "to_integer", "spike_driven", "mode_of", "check_equivalence", "auto_reset", "Equivalence"]
+__all__ = ["to_spike_driven", "to_integer", "mode_of", "check_equivalence", "auto_reset", "Equivalence"]
 
 
 def _synapses(model: nn.Module) -> list[Synapse]:
     return [m for m in model.modules() if isinstance(m, Synapse)]
 
 
-def to_spike_driven(model: nn.Module, enable: bool = True) -> nn.Module:
-    """Switch every synapse layer of ``model`` to spike-driven mode (or back with ``enable=False``).
-
-    Returns ``model`` (changed in place). A model without synapse layers is an error:
-    it has nothing that could run on events.
-    """
+def _set_mode(model: nn.Module, spike: bool) -> nn.Module:
     synapses = _synapses(model)
     if not synapses:
-        raise ZooError(
+        raise NeuronError(
             f"{type(model).__name__} has no synapse layers (neurons.SpikeConv2d / SpikeLinear), "
             "so it has no spike-driven mode; build its weight layers after neurons from neurons.synapse"
         )
     for s in synapses:
-        s.spike_driven = bool(enable)
+        s.spike_driven = spike
     return model
 
 
+def to_spike_driven(model: nn.Module) -> nn.Module:
+    """Switch every synapse layer of ``model`` to spike-driven mode (events); returns ``model``, changed in place.
+
+    A model without synapse layers is an error: it has nothing that could run on events.
+    """
+    return _set_mode(model, True)
+
+
 def to_integer(model: nn.Module) -> nn.Module:
-    """Switch every synapse layer of ``model`` back to integer mode."""
-    return to_spike_driven(model, enable=False)
+    """Switch every synapse layer of ``model`` back to integer mode (counts); returns ``model``."""
+    return _set_mode(model, False)
 
 
 def mode_of(model: nn.Module) -> str:
     """``'spike'``, ``'integer'`` or ``'mixed'``."""
     flags = {s.spike_driven for s in _synapses(model)}
     return "mixed" if len(flags) > 1 else ("spike" if flags == {True} else "integer")
-
-
-@contextlib.contextmanager
-def spike_driven(model: nn.Module, enable: bool = True):
-    """Context manager: run ``model`` in spike-driven mode inside the block, restore after."""
-    previous = [(s, s.spike_driven) for s in _synapses(model)]
-    to_spike_driven(model, enable)
-    try:
-        yield model
-    finally:
-        for s, flag in previous:
-            s.spike_driven = flag
 
 
 def _flatten(out) -> list[torch.Tensor]:
@@ -101,8 +91,8 @@ def check_equivalence(model: nn.Module, *inputs, **kwargs) -> Equivalence:
 
     try:
         results = []
-        for enable in (False, True):
-            to_spike_driven(model, enable)
+        for switch in (to_integer, to_spike_driven):
+            switch(model)
             restore_buffers()
             functional.reset_net(model)
             results.append(_flatten(model(*inputs, **kwargs)))
@@ -113,11 +103,11 @@ def check_equivalence(model: nn.Module, *inputs, **kwargs) -> Equivalence:
         functional.reset_net(model)
     ints, spikes = results
     if len(ints) != len(spikes) or not ints:
-        raise ZooError("check_equivalence: the model returned no tensors, or different structures in the two modes")
+        raise NeuronError("check_equivalence: the model returned no tensors, or different structures in the two modes")
     max_abs = max_rel = 0.0
     for a, b in zip(ints, spikes):
         if a.shape != b.shape:
-            raise ZooError(f"check_equivalence: output shapes differ between modes: {tuple(a.shape)} vs {tuple(b.shape)}")
+            raise NeuronError(f"check_equivalence: output shapes differ between modes: {tuple(a.shape)} vs {tuple(b.shape)}")
         if a.numel() == 0:
             continue
         diff = (a.double() - b.double()).abs().max().item()

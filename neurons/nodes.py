@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import torch
 from spikingjelly.activation_based import base, neuron, surrogate
 
-__all__ = ["Levels", "ILIF", "ILIFGen1", "NILIF", "MultiSpike", "Ternary", "BinaryLIF", "TopKSpike", "is_count_neuron"]
+__all__ = ["Levels", "ILIF", "ILIFGen1", "NILIF", "MultiSpike", "Ternary", "BinaryLIF", "TopKSpike", "is_count_neuron",
+           "ternary_counts"]
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,14 @@ def _count_ste(x: torch.Tensor, low: float, high: float, half_up: bool = False) 
     if not (x.requires_grad and torch.is_grad_enabled()):
         return hard  # inference: no straight-through bookkeeping
     return clamped + (hard - clamped).detach()
+
+
+def ternary_counts(x: torch.Tensor, gamma, D: int, signed: bool = True) -> torch.Tensor:
+    r"""SDLLM's gamma-SQP step 1, the one place its equation lives:
+    :math:`C = \operatorname{round}(\operatorname{clip}(x / \gamma, -D, D))` (``signed=False``: clip to
+    ``[0, D]``). ``gamma`` is a float or a tensor that broadcasts against ``x``; straight-through gradient
+    inside the clip range when a gradient is needed."""
+    return _count_ste(x / gamma, -D if signed else 0, D)
 
 
 class _CountNeuron:
@@ -246,7 +255,7 @@ class Ternary(_CountNeuron, torch.nn.Module):
         return Levels(D=self._D, signed=True, scale=float(self.gamma))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _count_ste(x / self.gamma, -self._D, self._D) * self.gamma
+        return ternary_counts(x, self.gamma, self._D) * self.gamma
 
     def extra_repr(self) -> str:
         return f"D={self._D}, gamma={float(self.gamma):g}"

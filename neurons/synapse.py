@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from spikingjelly.activation_based import layer as sj_layer
 from torch import nn
 
-from zoo.errors import ZooError
+from .errors import NeuronError
 
 from .nodes import Levels, is_count_neuron
 
@@ -88,7 +88,7 @@ class Synapse:
             if rounded.numel() and (
                 (rounded - counts).abs().max() > 1e-3 or rounded.max() > lv.D or rounded.min() < low
             ):
-                raise ZooError(
+                raise NeuronError(
                     f"{type(self).__name__} in spike-driven mode got values that are not counts in "
                     f"[{low}, {lv.D}] x {lv.scale:g}; feed it from its neuron, or build it with the right Levels"
                 )

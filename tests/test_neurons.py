@@ -5,7 +5,7 @@ import torch
 from spikingjelly.activation_based import functional
 
 import neurons
-from zoo.errors import ZooError
+from neurons import NeuronError
 
 
 def reference_ilif(x, decay=0.25, D=4):
@@ -137,22 +137,21 @@ def test_spike_mode_folds_scale_for_nilif():
     lin = neurons.SpikeLinear(6, 3, source=n)
     s = n(torch.randn(2, 4, 6) * 6)
     dense = lin(s)
-    with neurons.spike_driven(lin):
-        assert torch.allclose(lin(s), dense, atol=1e-5)
-    assert neurons.mode_of(lin) == "integer"  # restored
+    assert torch.allclose(neurons.to_spike_driven(lin)(s), dense, atol=1e-5)
+    assert neurons.mode_of(neurons.to_integer(lin)) == "integer"
 
 
 def test_spike_mode_rejects_non_counts():
     conv = neurons.SpikeConv2d(2, 2, 1, source=neurons.Levels(D=4))
     neurons.to_spike_driven(conv)
-    with pytest.raises(ZooError, match="not counts"):
+    with pytest.raises(NeuronError, match="not counts"):
         conv(torch.full((1, 2, 2, 2), 0.3))
-    with pytest.raises(ZooError, match="not counts"):
+    with pytest.raises(NeuronError, match="not counts"):
         conv(torch.full((1, 2, 2, 2), 7.0))
 
 
 def test_to_spike_driven_needs_synapses():
-    with pytest.raises(ZooError, match="no synapse layers"):
+    with pytest.raises(NeuronError, match="no synapse layers"):
         neurons.to_spike_driven(torch.nn.Linear(2, 2))
 
 

@@ -2,25 +2,28 @@
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 import torch
 
 import neurons
 
-from . import checkpoint, hub
+from . import checkpoint, hub, plugin
 from .errors import WeightsError, ZooError
-from .registry import get, info
+from .registry import ModelCard, get, info
 
 MODES = ("integer", "spike")
+OWN_FORMATS = ("safetensors", "torch")  # files holding the zoo's own keys: loaded as they are
 
 
-def _converter(spec: str):
-    if not spec:
-        return lambda state: state
-    module, _, fn = spec.partition(":")
-    return getattr(importlib.import_module(module), fn)
+def convert(card: ModelCard, state: dict, fmt: str, source: str) -> dict:
+    """Map a checkpoint of format ``fmt`` to ``card``'s keys with the converter the card names for it."""
+    if fmt in card.converters:
+        return plugin.load_object(card.converters[fmt])(state)
+    if fmt in OWN_FORMATS:
+        return state
+    known = ", ".join(["the zoo's safetensors / state dicts", *(f"official {f} files" for f in card.converters)])
+    raise WeightsError(f"{source} is a {fmt} checkpoint, which {card.name} cannot read; it reads {known}")
 
 
 def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
@@ -62,27 +65,22 @@ def load(
         model = get(name).builder(**options)
     except TypeError as e:
         raise ZooError(f"{name} does not take these options ({e})") from None
-    converter = card.converter
     if card.builds_weights:  # e.g. SDLLM: the builder converts its base model's weights
         if weights is not None:
             raise ZooError(f"{name} is converted from a base model: pass base='PATH' (a Hugging Face directory), not weights=")
-        state = None
-    elif weights is not None:
-        source = str(weights)
-        state = checkpoint.to_state_dict(checkpoint.read(weights))
+        path = None
+    elif weights is not None:  # a local file: its format is what it holds
+        path, fmt = Path(weights), None
     elif pretrained:
         if card.weights is None:
             raise ZooError(f"{name} has no released weights; use pretrained=False for random weights, or weights='PATH'")
-        converter = hub.entry(card.weights).converter or converter
-        path = hub.fetch(card.weights)
-        source = str(path)
-        state = checkpoint.to_state_dict(checkpoint.read(path))
+        path, fmt = hub.fetch(card.weights), hub.entry(card.weights).format  # the manifest says what it is
     else:
-        state = None
-    if state is not None:
-        if set(state) != set(model.state_dict()):  # an official checkpoint: map its keys to ours
-            state = _converter(converter)(state)
-        load_state(model, state, source)
+        path = None
+    if path is not None:
+        raw = checkpoint.read(path)
+        fmt = fmt or checkpoint.recognise(raw)
+        load_state(model, convert(card, checkpoint.to_state_dict(raw), fmt, str(path)), str(path))
     if mode == "spike":
         neurons.to_spike_driven(model)
     model.card = card

@@ -218,6 +218,23 @@ def to_state_dict(obj) -> dict[str, torch.Tensor]:
     return {k: (v.float() if v.is_floating_point() else v) for k, v in sd.items() if isinstance(v, torch.Tensor)}
 
 
+FORMATS = ("safetensors", "torch", "ultralytics", "mmengine", "state_dict")
+
+
+def recognise(obj) -> str:
+    """The checkpoint format of what :func:`read` returned (the manifest's ``format`` names):
+
+    ``ultralytics`` (``{'model' / 'ema': pickled module}``), ``mmengine`` (``{'state_dict', 'meta'}``),
+    ``state_dict`` (another ``{'state_dict': ...}`` wrapper, e.g. SVL's), ``torch`` (a plain state dict:
+    the zoo's own keys, as :func:`read` also returns a safetensors file's)."""
+    if isinstance(obj, dict):
+        if obj.get("ema") is not None or obj.get("model") is not None:
+            return "ultralytics"
+        if isinstance(obj.get("state_dict"), dict):
+            return "mmengine" if "meta" in obj else "state_dict"
+    return "torch"
+
+
 def save_safetensors(state: dict[str, torch.Tensor], path: str | Path, metadata: dict | None = None) -> Path:
     """Write a state dict as safetensors atomically (``.tmp`` then rename)."""
     import os
@@ -231,4 +248,4 @@ def save_safetensors(state: dict[str, torch.Tensor], path: str | Path, metadata:
     return path
 
 
-__all__ = ["read", "to_state_dict", "module_state_dict", "sniff", "StubUnpickler", "Stub", "save_safetensors"]
+__all__ = ["read", "recognise", "FORMATS", "to_state_dict", "module_state_dict", "sniff", "StubUnpickler", "Stub", "save_safetensors"]

@@ -1,61 +1,50 @@
-"""``zoo predict`` and ``zoo eval`` for detection models.
+"""The detection verbs: ``zoo predict``, ``zoo eval``, ``zoo train`` and what ``zoo profile`` feeds a detector.
 
     zoo predict spikeyolo-coco photo.jpg photos/ --out runs/ [--conf 0.25 --iou 0.7 --imgsz 640]
     zoo eval spikeyolo-coco --data coco/ [--imgsz 640 --batch 1 --max-images N --save-json dets.json]
+    zoo train spikeyolo-tiny-shapes --data shapes/ [--epochs --batch --out runs/train --resume]
 
-Both take ``--weights PATH`` (else the released weights), ``--mode
-integer|spike`` and ``--device``. The verbs' parsers are shared with other
-tasks, so every option here defaults to ``None`` (resolved in the command) and
-an option another task already added is not added again.
+Each verb has its own parser (the zoo resolves the model's task first), so every option here is a
+detection option. This module imports no torch: the work is imported inside each command.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
-from zoo.cli import task_command
 from zoo.errors import ZooError
+from zoo.plugin import Profiling, Verb
 
-TASK = "detection"
 DEFAULT_IMGSZ = 640
 
 
-def _add(parser: argparse.ArgumentParser, *flags: str, **kwargs) -> None:
-    """Add an option unless one of its flags (or, for a positional, its name) is already there."""
-    if flags[0].startswith("-"):
-        if any(f in parser._option_string_actions for f in flags):
-            return
-    elif any(a.dest == flags[0] for a in parser._actions):
-        return
-    parser.add_argument(*flags, **kwargs)
+def _add_model_options(parser: argparse.ArgumentParser, weights_help: str) -> None:
+    parser.add_argument("--imgsz", type=int, default=None, metavar="N", help="inference size in pixels (default: the model's)")
+    parser.add_argument("--weights", default=None, metavar="PATH", help=weights_help)
+    parser.add_argument("--mode", choices=("integer", "spike"), default="integer", help="integer counts (default) or spike-driven events")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
 
 
-def _add_common(parser: argparse.ArgumentParser) -> None:
-    _add(parser, "--imgsz", type=int, default=None, metavar="N", help="inference size in pixels (default: the model's)")
-    _add(parser, "--weights", default=None, metavar="PATH", help="weights file (default: the released weights)")
-    _add(parser, "--mode", choices=("integer", "spike"), default=None, help="integer counts (default) or spike-driven")
-    _add(parser, "--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+_RELEASED = "weights file: an official checkpoint as downloaded or the zoo's safetensors (default: the released weights)"
 
 
 def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
-    # the model name is the verb's `target`; inputs follow it
-    if not any(not a.option_strings and a.nargs in ("+", "*") for a in parser._actions):
-        parser.add_argument("sources", nargs="+", metavar="SOURCE", help="image files or folders of images")
-    parser.set_defaults(detection_sources_dest=next(
-        a.dest for a in parser._actions if not a.option_strings and a.nargs in ("+", "*")))
-    _add(parser, "--out", default=None, metavar="DIR", help="output folder (default: predictions)")
-    _add(parser, "--conf", type=float, default=None, help="confidence threshold (detection default 0.25)")
-    _add(parser, "--iou", type=float, default=None, help="NMS IoU threshold (detection default 0.7)")
-    _add_common(parser)
+    parser.add_argument("sources", nargs="+", metavar="SOURCE", help="image files or folders of images")
+    parser.add_argument("--out", default="predictions", metavar="DIR", help="output folder (default: predictions)")
+    parser.add_argument("--conf", type=float, default=0.25, help="confidence threshold (default 0.25)")
+    parser.add_argument("--iou", type=float, default=0.7, help="NMS IoU threshold (default 0.7)")
+    _add_model_options(parser, _RELEASED)
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
-    _add(parser, "--data", default=None, metavar="PATH", help="data set: a COCO folder or instances JSON, a data .yaml, VOC, Gen1 (detection)")
-    _add(parser, "--batch", type=int, default=None, metavar="N", help="batch size (default 1)")
-    _add(parser, "--max-images", type=int, default=None, metavar="N", help="evaluate only the first N images")
-    _add(parser, "--save-json", default=None, metavar="PATH", help="also write the detections as COCO results JSON")
-    _add_common(parser)
+    parser.add_argument("--data", required=True, metavar="PATH",
+                        help="data set: a COCO folder or instances JSON, a YOLO data .yaml, VOC, Gen1, EvDET200K")
+    parser.add_argument("--batch", type=int, default=1, metavar="N", help="batch size (default 1)")
+    parser.add_argument("--max-images", type=int, default=None, metavar="N", help="evaluate only the first N images")
+    parser.add_argument("--save-json", default=None, metavar="PATH", help="also write the detections as COCO results JSON")
+    _add_model_options(parser, _RELEASED)
 
 
 def _device(name: str | None) -> str:
@@ -91,7 +80,7 @@ def _load_model(args):
     if args.weights is None and registry.info(args.target).weights is None:
         raise ZooError(f"{args.target} has no released weights; pass --weights PATH")
     return zoo.load(args.target, pretrained=args.weights is None, weights=args.weights,
-                    mode=args.mode or "integer", device=device)
+                    mode=args.mode, device=device)
 
 
 def _energy_line(profile) -> str:
@@ -102,18 +91,14 @@ def _energy_line(profile) -> str:
             f"{fmt_count(profile.macs)} MACs, {fmt_count(profile.acs)} ACs, {profile.energy_mj:.4f} mJ")
 
 
-@task_command("predict", TASK, add_predict_arguments)
 def run_predict(args) -> None:
     from .predict import predict
 
-    sources = getattr(args, getattr(args, "detection_sources_dest", "sources"), None)
     imgsz = _imgsz(args, args.target)
     model = _load_model(args)
-    res = predict(model, sources or [], args.out or "predictions",
-                  conf=0.25 if args.conf is None else args.conf, iou=0.7 if args.iou is None else args.iou,
-                  imgsz=imgsz)
-    if getattr(args, "json", False):
-        print(json.dumps({"name": args.target, "mode": args.mode or "integer", "imgsz": imgsz, **res.to_dict()}, indent=2))
+    res = predict(model, args.sources, args.out, conf=args.conf, iou=args.iou, imgsz=imgsz)
+    if args.json:
+        print(json.dumps({"name": args.target, "mode": args.mode, "imgsz": imgsz, **res.to_dict()}, indent=2))
         return
     for im in res.images:
         counts: dict[str, int] = {}
@@ -126,26 +111,19 @@ def run_predict(args) -> None:
     print(f"detections written to {res.json_path}")
 
 
-@task_command("eval", TASK, add_eval_arguments)
 def run_eval(args) -> None:
+    from .classes import COCO80_TO_COCO91
+    from .data import load_dataset
     from .evaluate import evaluate, to_coco_results
-    from .postprocess import COCO80_TO_COCO91
 
-    if not args.data:
-        raise ZooError("zoo eval for detection needs --data PATH (e.g. a COCO folder: annotations/instances_val2017.json + val2017/)")
-    try:
-        from .data import load_dataset
-    except ImportError as e:
-        raise ZooError(f"loading detection data sets (tasks.detection.data.load_dataset) is not available ({e}); "
-                       "evaluate from Python with tasks.detection.evaluate.evaluate") from None
-    batch = 1 if args.batch is None else args.batch
+    batch = args.batch
     if batch <= 0:
         raise ZooError(f"--batch must be positive, got {batch}")
     imgsz = _imgsz(args, args.target)
     dataset = load_dataset(args.data)
     model = _load_model(args)
     res = evaluate(model, dataset, imgsz=imgsz, batch_size=batch, max_images=args.max_images,
-                   progress=not getattr(args, "json", False))
+                   progress=not args.json)
     if args.save_json:
         ids = getattr(dataset, "category_ids", None)
         if ids is None and res.nc == len(COCO80_TO_COCO91):
@@ -155,11 +133,10 @@ def run_eval(args) -> None:
                 json.dump(to_coco_results(res.detections, ids), f)
         except OSError as e:
             raise ZooError(f"cannot write {args.save_json} ({e})") from None
-    if getattr(args, "json", False):
-        print(json.dumps({"name": args.target, "data": str(args.data), "mode": args.mode or "integer",
-                          **res.to_dict()}, indent=2))
+    if args.json:
+        print(json.dumps({"name": args.target, "data": str(args.data), "mode": args.mode, **res.to_dict()}, indent=2))
         return
-    print(f"{args.target} on {args.data}: {res.images} images at {imgsz}, {args.mode or 'integer'} mode")
+    print(f"{args.target} on {args.data}: {res.images} images at {imgsz}, {args.mode} mode")
     print(f"mAP@50 {res.map50 * 100:.2f}  mAP@50:95 {res.map50_95 * 100:.2f}  (pycocotools, against {res.ground_truth})")
     if res.energy_mj is not None:
         fr = res.firing_rate
@@ -169,15 +146,30 @@ def run_eval(args) -> None:
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    _add(parser, "--data", default=None, metavar="PATH", help="data set folder with train and val splits (detection: COCO, YOLO, VOC, Gen1)")
-    _add(parser, "--epochs", type=int, default=None, metavar="N", help="epochs (detection default 300)")
-    _add(parser, "--batch", type=int, default=None, metavar="N", help="batch size per process (detection default 40)")
-    _add(parser, "--out", default=None, metavar="DIR", help="run folder for last.pt / best.safetensors (default runs/train)")
-    _add(parser, "--resume", default=None, metavar="PATH", help="continue from a last.pt checkpoint")
-    _add(parser, "--time-limit", type=float, default=None, metavar="S", help="stop after the epoch that passes S seconds")
-    _add(parser, "--workers", type=int, default=None, metavar="N", help="data loader processes (default 0)")
-    _add(parser, "--set", nargs="*", default=None, metavar="KEY=VALUE", help="other recipe values, e.g. lr0=0.02 mosaic=0.5")
-    _add_common(parser)
+    parser.add_argument("--data", required=True, metavar="PATH",
+                        help="data set folder with train and val splits (COCO, YOLO, VOC, Gen1)")
+    parser.add_argument("--epochs", type=int, default=None, metavar="N", help="epochs (default 300, the official recipe)")
+    parser.add_argument("--batch", type=int, default=None, metavar="N", help="batch size per process (default 40)")
+    parser.add_argument("--out", default="runs/train", metavar="DIR",
+                        help="run folder: last.pt (resumable) and best.safetensors (default runs/train)")
+    parser.add_argument("--resume", nargs="?", const="", default=None, metavar="PATH",
+                        help="continue a run: its last.pt, or its run folder (no value: the --out folder's last.pt)")
+    parser.add_argument("--time-limit", type=float, default=None, metavar="S", help="stop after the epoch that passes S seconds")
+    parser.add_argument("--workers", type=int, default=None, metavar="N", help="data loader processes (default 0)")
+    parser.add_argument("--set", nargs="*", default=None, metavar="KEY=VALUE", help="other recipe values, e.g. lr0=0.02 mosaic=0.5")
+    _add_model_options(parser, "initial weights (default: random initialisation, as the official recipe)")
+
+
+def resume_path(resume: str | None, out: str) -> Path | None:
+    """``--resume``: a ``last.pt``, a run folder holding one, or (empty) the ``--out`` folder's."""
+    if resume is None:
+        return None
+    path = Path(resume or out)
+    if path.is_dir():
+        path = path / "last.pt"
+    if not path.is_file():
+        raise ZooError(f"--resume: no checkpoint at {path}; pass a run's last.pt or its folder (zoo train writes OUT/last.pt)")
+    return path
 
 
 def _recipe(args):
@@ -200,7 +192,6 @@ def _recipe(args):
     return cfg
 
 
-@task_command("train", TASK, add_train_arguments)
 def run_train(args) -> None:
     import zoo
 
@@ -208,8 +199,7 @@ def run_train(args) -> None:
     from .evaluate import evaluate
     from .train import train
 
-    if not args.data:
-        raise ZooError("zoo train for detection needs --data PATH (a folder with train and val splits)")
+    resume = resume_path(args.resume, args.out)
     cfg = _recipe(args)
     train_set, val_set = load_dataset(args.data, split="train"), load_dataset(args.data, split="val")
     names = getattr(train_set, "names", None)
@@ -220,13 +210,26 @@ def run_train(args) -> None:
         res = evaluate(ema_model, val_set, imgsz=cfg.imgsz, batch_size=min(cfg.batch, 16), energy=False)
         return {"map50": res.map50, "map50_95": res.map50_95}
 
-    metrics = train(model, train_set, val_set, cfg=cfg, out=args.out or "runs/train", resume=args.resume,
-                    device=_device(args.device), evaluate=validate)
+    metrics = train(model, train_set, val_set, cfg=cfg, out=args.out, resume=resume, device=_device(args.device),
+                    evaluate=validate)
     if metrics:
-        print(json.dumps(metrics) if getattr(args, "json", False) else
+        print(json.dumps(metrics) if args.json else
               f"done: epoch {metrics['epoch']}, mAP@50 {metrics.get('map50', float('nan')) * 100:.2f}; "
-              f"weights in {args.out or 'runs/train'}/best.safetensors")
+              f"weights in {args.out}/best.safetensors")
 
 
-COMMANDS = {"predict": (add_predict_arguments, run_predict), "eval": (add_eval_arguments, run_eval),
-            "train": (add_train_arguments, run_train)}
+def example_input(model, card, size, generator):
+    """``zoo profile``: a random image batch of ``size`` (default: the card's input size)."""
+    import torch
+
+    return (torch.rand(size, generator=generator),), {}
+
+
+VERBS = {
+    "predict": Verb("detect objects in images: annotated copies, predictions.json and the energy report",
+                    add_predict_arguments, run_predict),
+    "eval": Verb("COCO mAP@50 and mAP@50:95 (pycocotools) on a data set, with firing rate and energy",
+                 add_eval_arguments, run_eval),
+    "train": Verb("train with the official SpikeYOLO recipe (torchrun for data parallel)", add_train_arguments, run_train),
+}
+PROFILING = Profiling(example_input)

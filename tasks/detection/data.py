@@ -53,18 +53,9 @@ __all__ = [
 
 IMG_EXTENSIONS = (".bmp", ".dng", ".jpeg", ".jpg", ".mpo", ".png", ".tif", ".tiff", ".webp", ".pfm")
 
-VOC_CLASSES = (
-    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
-    "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
-)
-# SpikeYOLO_for_Gen1/ultralytics/cfg/datasets/gen1.yaml: 0 car, 1 "persidian" (pedestrian).
-GEN1_CLASSES = ("car", "pedestrian")
-# TDE config/EvDET200K.yaml, in that order.
-EVDET200K_CLASSES = (
-    "people", "car", "bicycle", "electric bicycle", "basketball", "ping_pong", "goose", "cat", "bird", "UAV",
-)
-# The 80 category ids used by COCO 2017 (1..90 with 10 unused), ascending: contiguous index -> COCO id.
-COCO80_TO_91 = tuple(i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83))
+from .classes import COCO80_TO_COCO91 as COCO80_TO_91  # noqa: E402
+from .classes import EVDET200K_CLASSES, VOC_CLASSES  # noqa: E402,F401
+from .classes import GEN1_NAMES as GEN1_CLASSES  # noqa: E402,F401
 
 GEN1_SENSOR = (240, 304)  # (H, W) of the ATIS sensor of the Gen1 Automotive data set
 

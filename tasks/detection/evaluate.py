@@ -260,7 +260,7 @@ def evaluate(
     from spikingjelly.activation_based import functional
     from tqdm import tqdm
 
-    from zoo.profile import profile as zoo_profile
+    from zoo.profiling import profile as zoo_profile
 
     if imgsz <= 0 or batch_size <= 0:
         raise ZooError(f"imgsz and batch size must be positive, got {imgsz} and {batch_size}")

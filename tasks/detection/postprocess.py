@@ -31,24 +31,7 @@ from zoo.errors import ZooError
 
 PAD_VALUE = 114  # ultralytics' letterbox grey, in 0..255
 
-COCO_NAMES = (
-    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
-    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
-    "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee",
-    "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
-    "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
-    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
-    "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone",
-    "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors", "teddy bear",
-    "hair drier", "toothbrush",
-)
-
-# COCO's 91-id category numbering skips 11 ids that have no boxes in the 2017 release.
-_COCO91_UNUSED = {12, 26, 29, 30, 45, 66, 68, 69, 71, 83}
-COCO80_TO_COCO91 = tuple(i for i in range(1, 91) if i not in _COCO91_UNUSED)
-COCO91_TO_COCO80 = {c: i for i, c in enumerate(COCO80_TO_COCO91)}
-
-GEN1_NAMES = ("car", "pedestrian")
+from .classes import COCO80_TO_COCO91, COCO91_TO_COCO80, COCO_NAMES, GEN1_NAMES  # noqa: E402,F401  (re-exported)
 
 
 def class_names(nc: int, names: Sequence[str] | dict | None = None) -> list[str]:

@@ -92,7 +92,7 @@ class Prediction:
 
     images: list[dict] = field(default_factory=list)
     json_path: Path | None = None
-    profile: object | None = None  # zoo.profile.Profile of the first image
+    profile: object | None = None  # zoo.profiling.Profile of the first image
 
     def to_dict(self) -> dict:
         d = {"images": self.images, "json": str(self.json_path) if self.json_path else None}
@@ -134,7 +134,7 @@ def predict(
     """
     from spikingjelly.activation_based import functional
 
-    from zoo.profile import profile as zoo_profile
+    from zoo.profiling import profile as zoo_profile
 
     if imgsz <= 0:
         raise ZooError(f"image size must be positive, got {imgsz}")

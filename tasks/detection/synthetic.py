@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-CLASSES = ("circle", "square", "triangle", "cross", "ring", "diamond")
+from .classes import SHAPES_CLASSES as CLASSES  # noqa: E402
 
 
 def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:

@@ -111,10 +111,8 @@ from torch import nn
 import neurons
 from neurons import BinaryLIF, SpikeConv3d, TopKSpike
 
-from .data import EVDET200K_CLASSES, VOC_CLASSES
 from zoo.errors import WeightsError, ZooError
 from zoo.inputs import check_image_batch
-from zoo.registry import register
 
 from .spikeyolo import (
     SCALES, Concat, GetT, MS_AllConvBlock, MS_ConvBlock, MS_DownSampling, MS_StandardConv, SpikeDetect,
@@ -712,56 +710,3 @@ def from_official(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """
     return validate_official(state, lambda key: key.startswith("model.") or re.match(r"^attention_\d+$", key),
                              infer_config, build_tde, "TDE")
-
-
-# --------------------------------------------------------------------------- registry
-
-_PAPER = "Temporal Dynamics Enhancer for Directly Trained Spiking Object Detectors (AAAI 2026)"
-_INPUT = (
-    "RGB image [B, 3, H, W], float in [0, 1], H and W multiples of 32 (the release: 640x640 letterboxed); "
-    "the spiking encoder turns it into T = 4 different stimuli"
-)
-_NOTES = (
-    "TDE(SDA) config (SE + AGM + spike-driven attention, SpikeDetect_TD), scale s [0.33, 0.5, 1024] as train.py "
-    "loads it. Weights: released only as a Google Drive folder (weights/manifest.toml key 'tde-spikeyolo'), "
-    "no per-file id. The AGM gate is model state averaged over the last 10 forwards (see tasks/detection/tde.py). "
-    "Output as SpikeYOLO's: eval (y [B, 4 + nc, anchors], raw maps), train raw maps. "
-    "State-dict keys are the official ones."
-)
-_COMMON = dict(
-    task="detection", paper=_PAPER, arxiv="2512.02447", code="https://github.com/Mortal825/TDE",
-    license="AGPL-3.0", input=_INPUT, input_size=(1, 3, 640, 640), T=4, D=1,
-    neuron="binary LIF, decay 0.25, reset 0.5 x spike (neurons.BinaryLIF)",
-    weights=None, converter="tasks.detection.tde:from_official",
-)
-
-
-def _builder(**defaults):
-    allowed = {"config", "scale", "nc", "T", "repeats"}
-
-    def build(**kwargs):
-        unknown = set(kwargs) - allowed
-        if unknown:
-            raise ZooError(
-                f"unknown TDE option(s) {', '.join(sorted(unknown))}; options are {', '.join(sorted(allowed))}"
-            )
-        opts = dict(defaults)
-        opts.update(kwargs)
-        return build_tde(**opts)
-
-    return build
-
-
-register(
-    "tde-spikeyolo-voc", **_COMMON, classes=VOC_CLASSES,
-    metrics=[dict(dataset="PASCAL VOC 2007 test (07+12 trainval)", metric="mAP@50:95", value=57.7, source="paper",
-                  note="TDE(SDA), T=4")],
-    notes="nc=20 (config/VOC.yaml). " + _NOTES,
-)(_builder(config="TDE(SDA)", scale="s", nc=20, T=4))
-
-register(
-    "tde-spikeyolo-evdet200k", **_COMMON, classes=EVDET200K_CLASSES,
-    metrics=[dict(dataset="EvDET200K test", metric="mAP@50:95", value=47.6, source="paper", note="TDE(SDA), T=4")],
-    notes="nc=10 (config/EvDET200K.yaml: people, car, bicycle, electric bicycle, basketball, ping_pong, goose, cat, "
-          "bird, UAV; event frames rendered as RGB images). " + _NOTES,
-)(_builder(config="TDE(SDA)", scale="s", nc=10, T=4))

@@ -7,99 +7,23 @@
 or convert any model directly: ``tasks.language.sdllm.convert(hf_model, calibration_ids)``.
 """
 
-from __future__ import annotations
+from zoo.plugin import Task
 
-from zoo.registry import register
-
-from .sdllm import SDLinear, SDLLMConfig, convert
-
-__all__ = ["convert", "SDLLMConfig", "SDLinear"]
-
-_PAPER = "SDLLM (2026): spike-driven large language models by gamma-SQP conversion (no public code)"
-_ZERO_SHOT = "5 zero-shot tasks (avg)"  # PIQA, ARC-e, ARC-c, HellaSwag, WinoGrande
-_INPUT = "token ids [B, L] (LongTensor) from the base model's tokenizer; returns the base model's output (logits [B, L, vocab])"
-_NEURON = "Ternary (gamma-SQP; -1/0/+1 events)"
-_NOTES = (
-    "Converted at load time from a local Hugging Face directory of the base model (zoo.load(name, pretrained=False, "
-    "base=PATH)); every q/k/v/o/gate/up/down linear becomes Ternary(gamma, D) + SpikeLinear with 4-bit group-128 "
-    "symmetric weights; embeddings, norms and lm_head stay full precision. The converted weights are cached "
-    "(safetensors, int4 codes + scales, sha256-checked) in the zoo cache. params: the base model's."
+TASK = Task(
+    name="language",
+    description="spike-driven language models: SDLLM conversion of Hugging Face LLMs, evaluators, fused decode",
+    models="tasks.language.models",
+    cli="tasks.language.cli",
 )
 
-
-def _builder(name: str, hf_repo: str):
-    def build(base=None, **options):
-        from .models import build_sdllm
-
-        return build_sdllm(name, hf_repo, base=base, **options)
-
-    build.__name__ = f"build_{name.replace('-', '_').replace('.', '_')}"
-    return build
+_LAZY = {"convert": "sdllm", "SDLLMConfig": "sdllm", "SDLinear": "sdllm", "BASES": "models", "TINY": "models",
+         "TINY_BASE": "models", "TINY_CONTEXT": "models"}
+__all__ = ["TASK", *_LAZY]
 
 
-def _card(hf_repo: str, params: int, metrics=()):
-    return dict(task="language", paper=_PAPER, code="", license="base model's license (" + hf_repo + ")",
-                input=_INPUT, input_size=(1, 128), T=1, D=7, neuron=_NEURON, weights=None, builds_weights=True,
-                metrics=list(metrics), notes=f"Base: {hf_repo}. " + _NOTES, params=params)
+def __getattr__(name):  # torch and transformers load only when asked for
+    if name in _LAZY:
+        import importlib
 
-
-_LLAMA2_7B_METRICS = [
-    dict(dataset=_ZERO_SHOT, metric="acc (%)", value=61.09, source="paper", note="SDLLM, W4 + 1.58-bit spikes; average of PIQA, ARC-e, ARC-c, HellaSwag, WinoGrande"),
-    dict(dataset=_ZERO_SHOT, metric="energy (J)", value=0.67, source="paper", note="SDLLM, paper's E_AC/E_MAC convention"),
-    dict(dataset=_ZERO_SHOT, metric="FP16 acc (%)", value=63.72, source="paper", note="the FP16 LLaMA-2-7B base"),
-    dict(dataset=_ZERO_SHOT, metric="FP16 energy (J)", value=31.77, source="paper", note="the FP16 LLaMA-2-7B base"),
-]
-
-BASES = {}  # model name -> Hugging Face repo of its base model
-for _name, _repo, _params, _metrics in (
-    ("sdllm-llama2-7b", "meta-llama/Llama-2-7b-hf", 6_738_415_616, _LLAMA2_7B_METRICS),
-    ("sdllm-llama2-13b", "meta-llama/Llama-2-13b-hf", 13_015_864_320, []),
-    ("sdllm-llama3-8b", "meta-llama/Meta-Llama-3-8B", 8_030_261_248, []),
-    ("sdllm-qwen2.5-14b", "Qwen/Qwen2.5-14B", 14_770_033_664, []),
-):
-    BASES[_name] = _repo
-    register(_name, **_card(_repo, _params, _metrics))(_builder(_name, _repo))
-
-# The zoo's own small Llama, trained here on real English text (tasks.language.tiny): the offline quality check.
-TINY = "sdllm-tiny-shakespeare"
-TINY_BASE = "llama-tiny-shakespeare"  # manifest entry of the bundled base (weights/llama_tiny_shakespeare/)
-TINY_CONTEXT = 512
-_TINY_DATA = "Shakespeare test plays (Hamlet, Tempest)"
-_TINY_MEASURE = ("python -m tasks.language.corpus shakespeare --out data/shakespeare && python -m tasks.language.tiny "
-                 "measure --data data/shakespeare/shakespeare.test.raw")
-_TINY_METRICS = [  # measured with _TINY_MEASURE (95,133 tokens, windows of 512, non-overlapping)
-    dict(dataset=_TINY_DATA, metric="ppl, full-precision base", value=67.46, source="reproduced", command=_TINY_MEASURE),
-    dict(dataset=_TINY_DATA, metric="ppl (W4 + spike-driven, D=7)", value=71.69, source="reproduced", command=_TINY_MEASURE,
-         note="spike-driven logits equal to integer mode bit for bit"),
-    dict(dataset=_TINY_DATA, metric="ppl (W4 + spike-driven + clipping K=3)", value=95.81, source="reproduced",
-         command=_TINY_MEASURE),
-    dict(dataset=_TINY_DATA, metric="ppl (W4 + spike-driven + spiking attention)", value=74.85, source="reproduced",
-         command=_TINY_MEASURE, note="Q K^T and P V on counts too (SDLLMConfig(spiking_attention=True))"),
-    dict(dataset=_TINY_DATA, metric="energy (mJ/token, fp32 45 nm), full-precision base", value=0.01929,
-         source="reproduced", command=_TINY_MEASURE, note="linear layers only, first 512 test tokens"),
-    dict(dataset=_TINY_DATA, metric="energy (mJ/token, fp32 45 nm)", value=0.009116, source="reproduced",
-         command=_TINY_MEASURE, note="firing rate 1.334 (mean |count|), 12,296 events/token; lm_head stays MACs"),
-]
-
-
-def build_tiny(base=None, calib_file=None, calib_seq_len: int = TINY_CONTEXT, **options):
-    from .models import build_sdllm, resolve_base
-
-    path = resolve_base(TINY, base, BASES[TINY])
-    calib_file = calib_file if calib_file is not None else path / "calibration.txt"
-    return build_sdllm(TINY, BASES[TINY], base=path, calib_file=calib_file, calib_seq_len=calib_seq_len, **options)
-
-
-BASES[TINY] = "zoo:" + TINY_BASE
-register(TINY, task="language", paper=_PAPER, code="", license="Apache-2.0 (trained by the zoo; text: public domain)",
-         input=_INPUT, input_size=(1, TINY_CONTEXT), T=1, D=7, neuron=_NEURON, weights=None, builds_weights=True,
-         metrics=_TINY_METRICS, params=4_196_608,
-         notes=("The zoo's offline real-text check of SDLLM: a 4.2M-parameter Llama (4 layers, hidden 256, GQA 4/2 "
-                "heads, vocab 4096 byte-level BPE) trained on CPU on Shakespeare's works from the package index "
-                "(python -m tasks.language.tiny train; see weights/llama_tiny_shakespeare/training.json), shipped in "
-                "weights/llama_tiny_shakespeare (fp16) and converted at load time: W4 group-128 + gamma-SQP ternary "
-                "spikes (D=7) on every q/k/v/o/gate/up/down linear, calibrated on calibration.txt (the first 200 kB "
-                "of the training split, 128 windows of 512 tokens); embeddings, norms and the tied lm_head stay "
-                "full precision. Perplexity at context 512, the model's training length."))(build_tiny)
-
-from . import cli  # noqa: E402,F401  (registers zoo eval for language models)
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -53,6 +53,8 @@ from torch import nn
 
 from zoo.errors import ZooError
 
+from neurons import ternary_counts
+
 from .sdllm import SDLinear, group_linear
 
 __all__ = ["FusedDecoder", "attention_step", "mlp_step"]
@@ -72,12 +74,12 @@ def _project(x: torch.Tensor, proj: tuple) -> torch.Tensor:
     :class:`tasks.language.sdllm.GroupQuantLinear`), so decoding sees the eager model's counts."""
     w, b, gamma, D = proj
     if isinstance(w, tuple):
-        counts = torch.round(torch.clamp(x / gamma, -D, D))
+        counts = ternary_counts(x, gamma, D)
         y = group_linear(counts.reshape(-1, counts.shape[-1]).float(), w[0], w[1], gamma.float())
         y = y.reshape(*x.shape[:-1], w[0].shape[-1]).to(x.dtype)
         return y if b is None else y + b
     if gamma is not None:
-        x = torch.round(torch.clamp(x / gamma, -D, D)) * gamma
+        x = ternary_counts(x, gamma, D) * gamma
     if w.dtype == x.dtype:
         return F.linear(x, w, b)
     return F.linear(x.to(w.dtype), w, b).to(x.dtype)

@@ -303,7 +303,7 @@ class Activity:
 
 def activity(model, ids: torch.Tensor, preset: str = "fp32") -> Activity:
     """Profile one forward on ``ids`` [B, L] (linear layers only; the attention products are not counted)."""
-    from zoo.profile import profile
+    from zoo.profiling import profile
 
     ids = ids if ids.ndim == 2 else ids.unsqueeze(0)
     ids = ids.to(_device(model))

@@ -1,235 +1,95 @@
-"""SDLLM model builders: a local Hugging Face model directory in, a cached spike-driven model out.
+"""The language model cards: SDLLM conversions of Hugging Face bases, and the zoo's tiny Shakespeare Llama.
 
-``zoo.load("sdllm-llama2-7b", pretrained=False, base="/models/Llama-2-7b-hf")``
-
-1. The base model and tokenizer are read from ``base`` (a directory written
-   by ``save_pretrained``). Without ``base``, the model's Hugging Face repo is
-   looked up in the local Hugging Face cache, then downloaded unless
-   ``ZOO_OFFLINE`` / ``HF_HUB_OFFLINE`` is set; if neither works, a one-line
-   error says to pass ``base=PATH``.
-2. The cache key is the sha256 of the model name, the conversion settings,
-   the calibration spec and the base directory's ``config.json`` plus the
-   names, sizes and modification times of its weight files (hashing tens of
-   GB of weights on every load would cost more than it saves).
-3. A converted model is cached as ``<zoo cache>/language/<name>-<key>.safetensors``
-   (int4 codes + scales, see :func:`tasks.language.sdllm.pack_state`) with its
-   sha256 in ``.sha256`` beside it. A later load with the same key verifies the
-   sha256 and rebuilds the skeleton from the base's ``config.json`` (no base
-   weights read, no calibration); a corrupt file is reported, deleted and
-   rebuilt by converting again.
+Builders import the converter (torch, transformers) when called, so that listing the cards imports neither.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import warnings
-from pathlib import Path
+from zoo.registry import register
 
-import torch
-
-from zoo import hub
-from zoo.checkpoint import save_safetensors
-from zoo.errors import WeightsError, ZooError
-
-from .sdllm import SDLLMConfig, convert, replace_structure, unpack_state, pack_state
-
-__all__ = ["build_sdllm", "load_base", "resolve_base", "calibration_from_tokenizer", "CACHE_SUBDIR"]
-
-CACHE_SUBDIR = "language"
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
-DEFAULT_CALIB = dict(samples=128, seq_len=2048, seed=0)  # SpikeLLM / GPTQ convention: 128 x 2048 tokens
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-           "float16": torch.float16, "fp16": torch.float16, "float64": torch.float64}
+_PAPER = "SDLLM (2026): spike-driven large language models by gamma-SQP conversion (no public code)"
+_ZERO_SHOT = "5 zero-shot tasks (avg)"  # PIQA, ARC-e, ARC-c, HellaSwag, WinoGrande
+_INPUT = "token ids [B, L] (LongTensor) from the base model's tokenizer; returns the base model's output (logits [B, L, vocab])"
+_NEURON = "Ternary (gamma-SQP; -1/0/+1 events)"
+_NOTES = (
+    "Converted at load time from a local Hugging Face directory of the base model (zoo.load(name, pretrained=False, "
+    "base=PATH)); every q/k/v/o/gate/up/down linear becomes Ternary(gamma, D) + SpikeLinear with 4-bit group-128 "
+    "symmetric weights; embeddings, norms and lm_head stay full precision. The converted weights are cached "
+    "(safetensors, int4 codes + scales, sha256-checked) in the zoo cache. params: the base model's."
+)
 
 
-def _require_transformers():
-    try:
-        import transformers  # noqa: F401
-    except ImportError:
-        raise ZooError("SDLLM needs transformers: pip install 'spiking-zoo[language]'") from None
-    return transformers
+def _builder(name: str, hf_repo: str):
+    def build(base=None, **options):
+        from .build import build_sdllm
+
+        return build_sdllm(name, hf_repo, base=base, **options)
+
+    build.__name__ = f"build_{name.replace('-', '_').replace('.', '_')}"
+    return build
 
 
-def resolve_base(name: str, base: str | os.PathLike | None, hf_repo: str | None) -> Path:
-    """The local directory of the base model: ``base``, else ``hf_repo`` from the Hugging Face cache or hub.
-
-    ``hf_repo = "zoo:KEY"`` names a model directory shipped with the zoo (manifest entry ``KEY``, its
-    weights file sha256-checked on every load)."""
-    if base is None and hf_repo is not None and hf_repo.startswith("zoo:"):
-        return hub.fetch(hf_repo[4:]).parent
-    if base is not None:
-        path = Path(base).expanduser()
-        if not (path / "config.json").is_file():
-            raise ZooError(f"base={str(base)!r} is not a Hugging Face model directory (no config.json); "
-                           "pass the folder written by save_pretrained / huggingface-cli download")
-        return path
-    hint = f"pass base=PATH (a local Hugging Face directory of {hf_repo or 'the base model'}; CLI: --base PATH)"
-    if hf_repo is None:
-        raise ZooError(f"{name} needs its base model: {hint}")
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError:
-        raise ZooError(f"{name}: huggingface_hub is not installed; {hint}") from None
-    offline = hub.is_offline() or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
-    try:
-        return Path(snapshot_download(hf_repo, local_files_only=True))
-    except Exception:
-        pass
-    if offline:
-        raise ZooError(f"{name}: {hf_repo} is not in the Hugging Face cache and downloads are off; {hint}")
-    try:
-        return Path(snapshot_download(hf_repo))
-    except Exception as e:
-        raise ZooError(f"{name}: could not download {hf_repo} ({type(e).__name__}); {hint}") from None
+def _card(hf_repo: str, params: int, metrics=()):
+    return dict(task="language", paper=_PAPER, code="", license="base model's license (" + hf_repo + ")",
+                input=_INPUT, input_size=(1, 128), T=1, D=7, neuron=_NEURON, weights=None, builds_weights=True,
+                metrics=list(metrics), notes=f"Base: {hf_repo}. " + _NOTES, params=params)
 
 
-def _fingerprint(base: Path) -> dict:
-    files = sorted(p for p in base.iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES))
-    return {"config": (base / "config.json").read_text(),
-            "weights": [(p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in files]}
+_LLAMA2_7B_METRICS = [
+    dict(dataset=_ZERO_SHOT, metric="acc (%)", value=61.09, source="paper", note="SDLLM, W4 + 1.58-bit spikes; average of PIQA, ARC-e, ARC-c, HellaSwag, WinoGrande"),
+    dict(dataset=_ZERO_SHOT, metric="energy (J)", value=0.67, source="paper", note="SDLLM, paper's E_AC/E_MAC convention"),
+    dict(dataset=_ZERO_SHOT, metric="FP16 acc (%)", value=63.72, source="paper", note="the FP16 LLaMA-2-7B base"),
+    dict(dataset=_ZERO_SHOT, metric="FP16 energy (J)", value=31.77, source="paper", note="the FP16 LLaMA-2-7B base"),
+]
+
+BASES = {}  # model name -> Hugging Face repo of its base model
+for _name, _repo, _params, _metrics in (
+    ("sdllm-llama2-7b", "meta-llama/Llama-2-7b-hf", 6_738_415_616, _LLAMA2_7B_METRICS),
+    ("sdllm-llama2-13b", "meta-llama/Llama-2-13b-hf", 13_015_864_320, []),
+    ("sdllm-llama3-8b", "meta-llama/Meta-Llama-3-8B", 8_030_261_248, []),
+    ("sdllm-qwen2.5-14b", "Qwen/Qwen2.5-14B", 14_770_033_664, []),
+):
+    BASES[_name] = _repo
+    register(_name, **_card(_repo, _params, _metrics))(_builder(_name, _repo))
+
+# The zoo's own small Llama, trained here on real English text (tasks.language.tiny): the offline quality check.
+TINY = "sdllm-tiny-shakespeare"
+TINY_BASE = "llama-tiny-shakespeare"  # manifest entry of the bundled base (weights/llama_tiny_shakespeare/)
+TINY_CONTEXT = 512
+_TINY_DATA = "Shakespeare test plays (Hamlet, Tempest)"
+_TINY_MEASURE = ("python -m tasks.language.corpus shakespeare --out data/shakespeare && python -m tasks.language.tiny "
+                 "measure --data data/shakespeare/shakespeare.test.raw")
+_TINY_METRICS = [  # measured with _TINY_MEASURE (95,133 tokens, windows of 512, non-overlapping)
+    dict(dataset=_TINY_DATA, metric="ppl, full-precision base", value=67.46, source="reproduced", command=_TINY_MEASURE),
+    dict(dataset=_TINY_DATA, metric="ppl (W4 + spike-driven, D=7)", value=71.69, source="reproduced", command=_TINY_MEASURE,
+         note="spike-driven logits equal to integer mode bit for bit"),
+    dict(dataset=_TINY_DATA, metric="ppl (W4 + spike-driven + clipping K=3)", value=95.81, source="reproduced",
+         command=_TINY_MEASURE),
+    dict(dataset=_TINY_DATA, metric="ppl (W4 + spike-driven + spiking attention)", value=74.85, source="reproduced",
+         command=_TINY_MEASURE, note="Q K^T and P V on counts too (SDLLMConfig(spiking_attention=True))"),
+    dict(dataset=_TINY_DATA, metric="energy (mJ/token, fp32 45 nm), full-precision base", value=0.01929,
+         source="reproduced", command=_TINY_MEASURE, note="linear layers only, first 512 test tokens"),
+    dict(dataset=_TINY_DATA, metric="energy (mJ/token, fp32 45 nm)", value=0.009116, source="reproduced",
+         command=_TINY_MEASURE, note="firing rate 1.334 (mean |count|), 12,296 events/token; lm_head stays MACs"),
+]
 
 
-def cache_key(name: str, base: Path, config: SDLLMConfig, calib: dict, dtype: str) -> str:
-    blob = json.dumps({"name": name, "base": _fingerprint(base), "config": config.to_dict(), "calib": calib,
-                       "dtype": dtype, "format": 1}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+def build_tiny(base=None, calib_file=None, calib_seq_len: int = TINY_CONTEXT, **options):
+    from .build import build_sdllm, resolve_base
+
+    path = resolve_base(TINY, base, BASES[TINY])
+    calib_file = calib_file if calib_file is not None else path / "calibration.txt"
+    return build_sdllm(TINY, BASES[TINY], base=path, calib_file=calib_file, calib_seq_len=calib_seq_len, **options)
 
 
-def load_base(base: Path, dtype: torch.dtype = torch.float32):
-    """(model, tokenizer or None) from a local Hugging Face directory."""
-    _require_transformers()
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
-
-    cfg = AutoConfig.from_pretrained(base)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
-    except ValueError:  # not a causal LM (BERT-style encoders)
-        model = AutoModel.from_pretrained(base, dtype=dtype)
-    except OSError as e:
-        raise ZooError(f"cannot read the base model in {base} ({str(e).splitlines()[0]})") from None
-    try:
-        tok = AutoTokenizer.from_pretrained(base)
-    except Exception:
-        tok = None
-    del cfg
-    return model.eval(), tok
-
-
-def _skeleton(base: Path, dtype: torch.dtype):
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
-
-    cfg = AutoConfig.from_pretrained(base)
-    with torch.device("meta"):
-        try:
-            model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
-        except ValueError:
-            model = AutoModel.from_config(cfg, dtype=dtype)
-    if getattr(cfg, "tie_word_embeddings", False) and hasattr(model, "tie_weights"):
-        model.tie_weights()  # before loading: the tied lm_head is then not a tensor of its own
-    return model
-
-
-def calibration_from_tokenizer(tokenizer, texts: list[str] | None, vocab: int, samples: int, seq_len: int, seed: int):
-    """Calibration token ids: ``samples`` random windows of ``seq_len`` tokens of ``texts`` (concatenated),
-    or, with no texts, random token ids (documented as a fallback: real text calibrates better)."""
-    g = torch.Generator().manual_seed(seed)
-    if texts and tokenizer is not None:
-        ids = tokenizer("\n\n".join(texts), return_tensors="pt")["input_ids"][0]
-        if ids.numel() <= seq_len:
-            return ids.unsqueeze(0)
-        starts = torch.randint(0, ids.numel() - seq_len, (samples,), generator=g)
-        return torch.stack([ids[s: s + seq_len] for s in starts.tolist()])
-    return torch.randint(0, vocab, (samples, seq_len), generator=g)
-
-
-def _read_calib_texts(calib_file: str | os.PathLike | None) -> list[str] | None:
-    if calib_file is None:
-        return None
-    path = Path(calib_file)
-    if not path.is_file():
-        raise ZooError(f"calibration file {path} does not exist")
-    return [path.read_text(encoding="utf-8")]
-
-
-def _verify_cached(path: Path) -> bool:
-    pin = path.with_name(path.name + ".sha256")
-    if not pin.exists():
-        return False
-    if hub.sha256_file(path) != pin.read_text().strip():
-        warnings.warn(f"cached SDLLM model {path} is corrupt (sha256 mismatch); converting again", stacklevel=3)
-        return False
-    return True
-
-
-def build_sdllm(name: str, hf_repo: str | None, base=None, *, D: int = 7, clip: int | None = None, w_bits: int = 4,
-                group_size: int = 128, gamma_rule: str = "mse", calibration=None, calib_file=None,
-                calib_samples: int = DEFAULT_CALIB["samples"], calib_seq_len: int = DEFAULT_CALIB["seq_len"],
-                dtype: str = "float32", cache: bool = True, calib_device: str | None = None, **extra):
-    """Build (convert or load from cache) the SDLLM model of ``base``; see the module docstring.
-
-    ``calibration``: token ids ``[N, L]`` or a list of texts; ``calib_file``: a
-    text file to draw ``calib_samples`` windows of ``calib_seq_len`` tokens from
-    (WikiText-2 train, as SpikeLLM). Neither: random token ids (a fallback; pass
-    real text for real accuracy). ``calib_device``: run the conversion there
-    (e.g. ``"cuda"``; the model stays there). Other keywords are
-    :class:`SDLLMConfig` fields.
-    """
-    _require_transformers()
-    if dtype not in _DTYPES:
-        raise ZooError(f"dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
-    config = SDLLMConfig(D=D, clip=clip, w_bits=w_bits, group_size=group_size, gamma_rule=gamma_rule,
-                         calib_seq_len=calib_seq_len, **extra)
-    path_base = resolve_base(name, base, hf_repo)
-    torch_dtype = _DTYPES[dtype]
-    if isinstance(calibration, torch.Tensor):
-        calib_spec = {"ids_sha256": hashlib.sha256(calibration.long().numpy().tobytes()).hexdigest()}
-    elif calibration is not None:
-        calib_spec = {"texts_sha256": hashlib.sha256("\x00".join(map(str, calibration)).encode()).hexdigest()}
-    else:
-        texts = _read_calib_texts(calib_file)
-        calib_spec = {"file_sha256": hashlib.sha256(texts[0].encode()).hexdigest() if texts else None,
-                      "samples": calib_samples, "seq_len": calib_seq_len, "seed": config.seed}
-    key = cache_key(name, path_base, config, calib_spec, dtype)
-    cached = hub.cache_dir() / CACHE_SUBDIR / f"{name}-{key}.safetensors"
-
-    if cache and cached.exists() and _verify_cached(cached):
-        from safetensors.torch import load_file
-
-        try:
-            state = load_file(str(cached))
-        except Exception as e:
-            raise WeightsError(f"{cached} cannot be read ({e}); delete it") from None
-        model = _skeleton(path_base, torch_dtype)
-        replace_structure(model, config)
-        model.to_empty(device="cpu")
-        if getattr(model.config, "tie_word_embeddings", False) and hasattr(model, "tie_weights"):
-            model.tie_weights()  # to_empty (meta -> cpu) gives tied parameters separate storage
-        unpack_state(model, state)
-        meta = json.loads((cached.with_name(cached.name + ".json")).read_text()) if cached.with_name(cached.name + ".json").exists() else {}
-        model.sdllm = {**meta, "cache": str(cached), "from_cache": True}
-        return model.eval()
-
-    model, tok = load_base(path_base, torch_dtype)
-    if calib_device is not None:
-        model.to(calib_device)
-    if calibration is None:
-        vocab = model.get_input_embeddings().num_embeddings
-        calibration = calibration_from_tokenizer(tok, _read_calib_texts(calib_file), vocab, calib_samples,
-                                                 calib_seq_len, config.seed)
-        tokenizer = None
-    else:
-        tokenizer = tok if not isinstance(calibration, torch.Tensor) else None
-    convert(model, calibration, config, tokenizer=tokenizer)
-    if tok is not None and len(tok) > model.get_input_embeddings().num_embeddings:
-        raise ZooError(f"tokenizer mismatch in {path_base}: {len(tok)} tokens vs embedding "
-                       f"{model.get_input_embeddings().num_embeddings}")
-    info = {"config": model.sdllm["config"], "gammas": model.sdllm["gammas"], "base": str(path_base), "key": key}
-    if cache:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        save_safetensors(pack_state(model), cached, metadata={"model": name, "key": key})
-        (cached.with_name(cached.name + ".json")).write_text(json.dumps(info, indent=1))
-        (cached.with_name(cached.name + ".sha256")).write_text(hub.sha256_file(cached) + "\n")
-    model.sdllm = {**info, "cache": str(cached) if cache else None, "from_cache": False}
-    return model.eval()
+BASES[TINY] = "zoo:" + TINY_BASE
+register(TINY, task="language", paper=_PAPER, code="", license="Apache-2.0 (trained by the zoo; text: public domain)",
+         input=_INPUT, input_size=(1, TINY_CONTEXT), T=1, D=7, neuron=_NEURON, weights=None, builds_weights=True,
+         metrics=_TINY_METRICS, params=4_196_608,
+         notes=("The zoo's offline real-text check of SDLLM: a 4.2M-parameter Llama (4 layers, hidden 256, GQA 4/2 "
+                "heads, vocab 4096 byte-level BPE) trained on CPU on Shakespeare's works from the package index "
+                "(python -m tasks.language.tiny train; see weights/llama_tiny_shakespeare/training.json), shipped in "
+                "weights/llama_tiny_shakespeare (fp16) and converted at load time: W4 group-128 + gamma-SQP ternary "
+                "spikes (D=7) on every q/k/v/o/gate/up/down linear, calibrated on calibration.txt (the first 200 kB "
+                "of the training split, 128 windows of 512 tokens); embeddings, norms and the tied lm_head stay "
+                "full precision. Perplexity at context 512, the model's training length."))(build_tiny)

@@ -426,7 +426,7 @@ def _quant_error(x: torch.Tensor, gamma: torch.Tensor, bound: int) -> torch.Tens
     x = x.float()
     out = []
     for g in gamma.float().split(8):  # bounded memory: [8, N] at a time
-        q = torch.round(torch.clamp(x.unsqueeze(0) / g.unsqueeze(1), -bound, bound)) * g.unsqueeze(1)
+        q = neurons.ternary_counts(x.unsqueeze(0), g.unsqueeze(1), bound) * g.unsqueeze(1)
         out.append(((q - x.unsqueeze(0)) ** 2).sum(1, dtype=torch.float64))
     return torch.cat(out)
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from neurons.nodes import ternary_counts
 from neurons.synapse import Synapse, expand_events
 
 NAME = "sdllm_spiking"
@@ -50,8 +51,7 @@ class SpikingAttention(Synapse, nn.Module):
         self.recorders = None  # during calibration: {step: callable(tensor)}
 
     def counts(self, x: torch.Tensor, step: str) -> torch.Tensor:
-        low = 0 if step == "p" else -self.D
-        return torch.round(torch.clamp(x / getattr(self, f"gamma_{step}"), low, self.D))
+        return ternary_counts(x, getattr(self, f"gamma_{step}"), self.D, signed=step != "p")
 
     def product(self, a: torch.Tensor, b: torch.Tensor, signed: bool) -> torch.Tensor:
         """``a @ b`` of integer count tensors; spike-driven: ``a`` as D slots of events, accumulated."""

@@ -133,9 +133,9 @@ def measure(data: Path, base: Path | None = None, context: int = 512, limit: int
     import neurons
     from transformers import AutoTokenizer
 
-    from . import BASES, TINY
+    from .models import BASES, TINY
     from .evaluate import activity, perplexity
-    from .models import load_base, resolve_base
+    from .build import load_base, resolve_base
 
     path = resolve_base(TINY, base, BASES[TINY])
     tok = AutoTokenizer.from_pretrained(path)
@@ -149,8 +149,8 @@ def measure(data: Path, base: Path | None = None, context: int = 512, limit: int
         if options is not None:
             with torch.no_grad():
                 integer = model(input_ids=probe).logits
-                with neurons.spike_driven(model):
-                    spike = model(input_ids=probe).logits
+                spike = neurons.to_spike_driven(model)(input_ids=probe).logits
+                neurons.to_integer(model)
             row["spike_vs_integer_max_rel"] = float((spike - integer).abs().max() / integer.abs().max())
         rows.append(row)
     return rows

@@ -69,7 +69,7 @@ def test_registry_cards():
     card = info("spikeyolo-coco")
     assert card.params == OFFICIAL_PARAMS["s"]
     assert card.weights == "spikeyolo-coco-23m" and card.arxiv == "2407.20708" and card.task == "detection"
-    assert card.converter == "tasks.detection.convert:from_official"
+    assert card.converters == {"ultralytics": "tasks.detection.convert:from_official"}
     assert {(m.metric, m.value) for m in card.metrics} == {("mAP@50", 62.25), ("mAP@50:95", 45.57)}
     assert info("spikeyolo-l-coco").weights == "spikeyolo-coco-69m"
     assert info("spikeyolo-n-coco").weights is None and info("spikeyolo-m-coco").weights is None
@@ -166,15 +166,15 @@ def test_spike_driven_equals_integer(tiny, gen1):
     assert eq.max_rel <= TOL, eq
     assert neurons.mode_of(model) == "integer"
     # every neuron-fed conv really is a synapse that runs on events: spike mode must not reject any input
-    with neurons.spike_driven(model):
-        with torch.no_grad():
-            model(x)
+    with torch.no_grad():
+        neurons.to_spike_driven(model)(x)
 
 
 def test_spike_driven_needs_eval(tiny):
     desc, official = tiny
     model = _tiny_model(desc, official).train()
-    with neurons.spike_driven(model), pytest.raises(ZooError, match="eval"):
+    neurons.to_spike_driven(model)
+    with pytest.raises(neurons.NeuronError, match="eval"):
         model(torch.rand(1, 3, 64, 64))
 
 

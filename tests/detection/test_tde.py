@@ -109,7 +109,7 @@ def test_registry_cards():
         assert card.task == "detection" and card.arxiv == "2512.02447"
         assert card.code == "https://github.com/Mortal825/TDE"
         assert card.T == 4 and card.D == 1 and card.weights is None and card.license == "AGPL-3.0"
-        assert card.converter == "tasks.detection.tde:from_official"
+        assert card.converters == {"ultralytics": "tasks.detection.tde:from_official"}
         assert all(m.source == "paper" and m.metric == "mAP@50:95" for m in card.metrics)
     assert [m.value for m in voc.metrics] == [57.7] and [m.value for m in ev.metrics] == [47.6]
     with torch.device("meta"):
@@ -249,8 +249,8 @@ def test_spike_driven_equals_integer(tiny, config):
     assert eq.outputs == 4
     assert eq.max_rel <= TOL, eq
     assert neurons.mode_of(model) == "integer"
-    with neurons.spike_driven(model), torch.no_grad():
-        model(x)  # every neuron-fed conv (SDA's included) accepts its input as events
+    with torch.no_grad():
+        neurons.to_spike_driven(model)(x)  # every neuron-fed conv (SDA's included) accepts its input as events
 
 
 # --------------------------------------------------------------------------- every config builds and runs

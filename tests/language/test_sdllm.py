@@ -79,8 +79,8 @@ def test_integer_and_spike_driven_are_bit_identical_on_long_inputs(calib_ids):
     ids = torch.randint(3, 300, (2, 200), generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         integer = model(ids).logits
-        with neurons.spike_driven(model):
-            spike = model(ids).logits
+        spike = neurons.to_spike_driven(model)(ids).logits
+        neurons.to_integer(model)
     assert torch.equal(integer, spike)
     # and the exact accumulation is the dequantised-weight product up to float rounding
     lin = next(iter(_sd_layers(model).values())).linear
@@ -235,8 +235,9 @@ def test_spiking_attention_option(calib_ids):
     assert not torch.equal(out, base)
     err = lambda x: float((x.softmax(-1) - ref.softmax(-1)).abs().sum(-1).mean())
     assert err(out) < 0.5, (err(out), err(base))
-    with torch.no_grad(), neurons.spike_driven(model):
-        spike = model(ids).logits
+    with torch.no_grad():
+        spike = neurons.to_spike_driven(model)(ids).logits
+    neurons.to_integer(model)
     assert torch.equal(spike, out)  # integer products: bit-identical in both modes
     with pytest.raises(ZooError, match="spiking attention"):
         FusedDecoder(model)

@@ -58,7 +58,7 @@ def test_shipped_model_converts_and_keeps_quality(zoo_home):
     model stays close to full precision, clipping costs more, and spike-driven == integer bit for bit."""
     from tasks.language import BASES
     from tasks.language.evaluate import perplexity
-    from tasks.language.models import load_base, resolve_base
+    from tasks.language.build import load_base, resolve_base
 
     card = zoo.info(TINY)
     assert card.builds_weights and card.params == 4_196_608

@@ -1,0 +1,235 @@
+"""SDLLM model builders: a local Hugging Face model directory in, a cached spike-driven model out.
+
+``zoo.load("sdllm-llama2-7b", pretrained=False, base="/models/Llama-2-7b-hf")``
+
+1. The base model and tokenizer are read from ``base`` (a directory written
+   by ``save_pretrained``). Without ``base``, the model's Hugging Face repo is
+   looked up in the local Hugging Face cache, then downloaded unless
+   ``ZOO_OFFLINE`` / ``HF_HUB_OFFLINE`` is set; if neither works, a one-line
+   error says to pass ``base=PATH``.
+2. The cache key is the sha256 of the model name, the conversion settings,
+   the calibration spec and the base directory's ``config.json`` plus the
+   names, sizes and modification times of its weight files (hashing tens of
+   GB of weights on every load would cost more than it saves).
+3. A converted model is cached as ``<zoo cache>/language/<name>-<key>.safetensors``
+   (int4 codes + scales, see :func:`tasks.language.sdllm.pack_state`) with its
+   sha256 in ``.sha256`` beside it. A later load with the same key verifies the
+   sha256 and rebuilds the skeleton from the base's ``config.json`` (no base
+   weights read, no calibration); a corrupt file is reported, deleted and
+   rebuilt by converting again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from pathlib import Path
+
+import torch
+
+from zoo import hub
+from zoo.checkpoint import save_safetensors
+from zoo.errors import WeightsError, ZooError
+
+from .sdllm import SDLLMConfig, convert, replace_structure, unpack_state, pack_state
+
+__all__ = ["build_sdllm", "load_base", "resolve_base", "calibration_from_tokenizer", "CACHE_SUBDIR"]
+
+CACHE_SUBDIR = "language"
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+DEFAULT_CALIB = dict(samples=128, seq_len=2048, seed=0)  # SpikeLLM / GPTQ convention: 128 x 2048 tokens
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+           "float16": torch.float16, "fp16": torch.float16, "float64": torch.float64}
+
+
+def _require_transformers():
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        raise ZooError("SDLLM needs transformers: in the zoo's clone run pip install -e '.[language]'") from None
+    return transformers
+
+
+def resolve_base(name: str, base: str | os.PathLike | None, hf_repo: str | None) -> Path:
+    """The local directory of the base model: ``base``, else ``hf_repo`` from the Hugging Face cache or hub.
+
+    ``hf_repo = "zoo:KEY"`` names a model directory shipped with the zoo (manifest entry ``KEY``, its
+    weights file sha256-checked on every load)."""
+    if base is None and hf_repo is not None and hf_repo.startswith("zoo:"):
+        return hub.fetch(hf_repo[4:]).parent
+    if base is not None:
+        path = Path(base).expanduser()
+        if not (path / "config.json").is_file():
+            raise ZooError(f"base={str(base)!r} is not a Hugging Face model directory (no config.json); "
+                           "pass the folder written by save_pretrained / huggingface-cli download")
+        return path
+    hint = f"pass base=PATH (a local Hugging Face directory of {hf_repo or 'the base model'}; CLI: --base PATH)"
+    if hf_repo is None:
+        raise ZooError(f"{name} needs its base model: {hint}")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise ZooError(f"{name}: huggingface_hub is not installed; {hint}") from None
+    offline = hub.is_offline() or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    try:
+        return Path(snapshot_download(hf_repo, local_files_only=True))
+    except Exception:
+        pass
+    if offline:
+        raise ZooError(f"{name}: {hf_repo} is not in the Hugging Face cache and downloads are off; {hint}")
+    try:
+        return Path(snapshot_download(hf_repo))
+    except Exception as e:
+        raise ZooError(f"{name}: could not download {hf_repo} ({type(e).__name__}); {hint}") from None
+
+
+def _fingerprint(base: Path) -> dict:
+    files = sorted(p for p in base.iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES))
+    return {"config": (base / "config.json").read_text(),
+            "weights": [(p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in files]}
+
+
+def cache_key(name: str, base: Path, config: SDLLMConfig, calib: dict, dtype: str) -> str:
+    blob = json.dumps({"name": name, "base": _fingerprint(base), "config": config.to_dict(), "calib": calib,
+                       "dtype": dtype, "format": 1}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def load_base(base: Path, dtype: torch.dtype = torch.float32):
+    """(model, tokenizer or None) from a local Hugging Face directory."""
+    _require_transformers()
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    cfg = AutoConfig.from_pretrained(base)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
+    except ValueError:  # not a causal LM (BERT-style encoders)
+        model = AutoModel.from_pretrained(base, dtype=dtype)
+    except OSError as e:
+        raise ZooError(f"cannot read the base model in {base} ({str(e).splitlines()[0]})") from None
+    try:
+        tok = AutoTokenizer.from_pretrained(base)
+    except Exception:
+        tok = None
+    del cfg
+    return model.eval(), tok
+
+
+def _skeleton(base: Path, dtype: torch.dtype):
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+    cfg = AutoConfig.from_pretrained(base)
+    with torch.device("meta"):
+        try:
+            model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
+        except ValueError:
+            model = AutoModel.from_config(cfg, dtype=dtype)
+    if getattr(cfg, "tie_word_embeddings", False) and hasattr(model, "tie_weights"):
+        model.tie_weights()  # before loading: the tied lm_head is then not a tensor of its own
+    return model
+
+
+def calibration_from_tokenizer(tokenizer, texts: list[str] | None, vocab: int, samples: int, seq_len: int, seed: int):
+    """Calibration token ids: ``samples`` random windows of ``seq_len`` tokens of ``texts`` (concatenated),
+    or, with no texts, random token ids (documented as a fallback: real text calibrates better)."""
+    g = torch.Generator().manual_seed(seed)
+    if texts and tokenizer is not None:
+        ids = tokenizer("\n\n".join(texts), return_tensors="pt")["input_ids"][0]
+        if ids.numel() <= seq_len:
+            return ids.unsqueeze(0)
+        starts = torch.randint(0, ids.numel() - seq_len, (samples,), generator=g)
+        return torch.stack([ids[s: s + seq_len] for s in starts.tolist()])
+    return torch.randint(0, vocab, (samples, seq_len), generator=g)
+
+
+def _read_calib_texts(calib_file: str | os.PathLike | None) -> list[str] | None:
+    if calib_file is None:
+        return None
+    path = Path(calib_file)
+    if not path.is_file():
+        raise ZooError(f"calibration file {path} does not exist")
+    return [path.read_text(encoding="utf-8")]
+
+
+def _verify_cached(path: Path) -> bool:
+    pin = path.with_name(path.name + ".sha256")
+    if not pin.exists():
+        return False
+    if hub.sha256_file(path) != pin.read_text().strip():
+        warnings.warn(f"cached SDLLM model {path} is corrupt (sha256 mismatch); converting again", stacklevel=3)
+        return False
+    return True
+
+
+def build_sdllm(name: str, hf_repo: str | None, base=None, *, D: int = 7, clip: int | None = None, w_bits: int = 4,
+                group_size: int = 128, gamma_rule: str = "mse", calibration=None, calib_file=None,
+                calib_samples: int = DEFAULT_CALIB["samples"], calib_seq_len: int = DEFAULT_CALIB["seq_len"],
+                dtype: str = "float32", cache: bool = True, calib_device: str | None = None, **extra):
+    """Build (convert or load from cache) the SDLLM model of ``base``; see the module docstring.
+
+    ``calibration``: token ids ``[N, L]`` or a list of texts; ``calib_file``: a
+    text file to draw ``calib_samples`` windows of ``calib_seq_len`` tokens from
+    (WikiText-2 train, as SpikeLLM). Neither: random token ids (a fallback; pass
+    real text for real accuracy). ``calib_device``: run the conversion there
+    (e.g. ``"cuda"``; the model stays there). Other keywords are
+    :class:`SDLLMConfig` fields.
+    """
+    _require_transformers()
+    if dtype not in _DTYPES:
+        raise ZooError(f"dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
+    config = SDLLMConfig(D=D, clip=clip, w_bits=w_bits, group_size=group_size, gamma_rule=gamma_rule,
+                         calib_seq_len=calib_seq_len, **extra)
+    path_base = resolve_base(name, base, hf_repo)
+    torch_dtype = _DTYPES[dtype]
+    if isinstance(calibration, torch.Tensor):
+        calib_spec = {"ids_sha256": hashlib.sha256(calibration.long().numpy().tobytes()).hexdigest()}
+    elif calibration is not None:
+        calib_spec = {"texts_sha256": hashlib.sha256("\x00".join(map(str, calibration)).encode()).hexdigest()}
+    else:
+        texts = _read_calib_texts(calib_file)
+        calib_spec = {"file_sha256": hashlib.sha256(texts[0].encode()).hexdigest() if texts else None,
+                      "samples": calib_samples, "seq_len": calib_seq_len, "seed": config.seed}
+    key = cache_key(name, path_base, config, calib_spec, dtype)
+    cached = hub.cache_dir() / CACHE_SUBDIR / f"{name}-{key}.safetensors"
+
+    if cache and cached.exists() and _verify_cached(cached):
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(str(cached))
+        except Exception as e:
+            raise WeightsError(f"{cached} cannot be read ({e}); delete it") from None
+        model = _skeleton(path_base, torch_dtype)
+        replace_structure(model, config)
+        model.to_empty(device="cpu")
+        if getattr(model.config, "tie_word_embeddings", False) and hasattr(model, "tie_weights"):
+            model.tie_weights()  # to_empty (meta -> cpu) gives tied parameters separate storage
+        unpack_state(model, state)
+        meta = json.loads((cached.with_name(cached.name + ".json")).read_text()) if cached.with_name(cached.name + ".json").exists() else {}
+        model.sdllm = {**meta, "cache": str(cached), "from_cache": True}
+        return model.eval()
+
+    model, tok = load_base(path_base, torch_dtype)
+    if calib_device is not None:
+        model.to(calib_device)
+    if calibration is None:
+        vocab = model.get_input_embeddings().num_embeddings
+        calibration = calibration_from_tokenizer(tok, _read_calib_texts(calib_file), vocab, calib_samples,
+                                                 calib_seq_len, config.seed)
+        tokenizer = None
+    else:
+        tokenizer = tok if not isinstance(calibration, torch.Tensor) else None
+    convert(model, calibration, config, tokenizer=tokenizer)
+    if tok is not None and len(tok) > model.get_input_embeddings().num_embeddings:
+        raise ZooError(f"tokenizer mismatch in {path_base}: {len(tok)} tokens vs embedding "
+                       f"{model.get_input_embeddings().num_embeddings}")
+    info = {"config": model.sdllm["config"], "gammas": model.sdllm["gammas"], "base": str(path_base), "key": key}
+    if cache:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        save_safetensors(pack_state(model), cached, metadata={"model": name, "key": key})
+        (cached.with_name(cached.name + ".json")).write_text(json.dumps(info, indent=1))
+        (cached.with_name(cached.name + ".sha256")).write_text(hub.sha256_file(cached) + "\n")
+    model.sdllm = {**info, "cache": str(cached) if cache else None, "from_cache": False}
+    return model.eval()
