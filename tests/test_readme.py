@@ -23,3 +23,19 @@ def test_ci_runs_the_readme_test_command():
     assert "pytest" in test_cmd and "zoo " in main_cmd
     ci = (ROOT / ".ci" / "run").read_text()
     assert test_cmd in ci.splitlines()
+
+
+def test_use_snippets_run_as_written(tmp_path):
+    """Every ```python block of the README, as a user pastes it: a fresh process, an empty cache, offline."""
+    import os
+    import subprocess
+    import sys
+
+    blocks = re.findall(r"```python\n(.+?)\n```", (ROOT / "README.md").read_text(), re.S)
+    assert len(blocks) >= 2
+    env = {**os.environ, "ZOO_HOME": str(tmp_path / "cache"), "ZOO_OFFLINE": "1"}
+    for block in blocks:
+        out = subprocess.run([sys.executable, "-c", block], capture_output=True, text=True, cwd=tmp_path, env=env,
+                             timeout=1200)
+        assert out.returncode == 0, f"README block failed:\n{block}\n{out.stderr[-3000:]}"
+        assert out.stdout.strip(), block

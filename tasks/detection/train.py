@@ -36,6 +36,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 from zoo.errors import ZooError
 
@@ -245,11 +246,12 @@ def _unwrap(model):
 
 
 def train(model: nn.Module, train_set, val_set=None, cfg: TrainConfig | None = None, out: str | Path = "runs/train",
-          resume: str | Path | None = None, device: str = "cpu", evaluate=None, log=print) -> dict:
+          resume: str | Path | None = None, device: str = "cpu", evaluate=None, log=print, progress: bool = True) -> dict:
     """Train ``model`` (a SpikeYOLO) on ``train_set`` (items ``(image [3,H,W] in [0,1], {'boxes' xyxy px, 'labels'})``).
 
     ``evaluate(model) -> dict`` (e.g. mAP on ``val_set``) runs on the EMA model after each epoch on rank 0;
     the best ``evaluate(...)['map50']`` selects ``best.safetensors``. Returns the last metrics.
+    ``progress``: a progress bar within each epoch (stderr, rank 0).
     """
     cfg = cfg or TrainConfig()
     out = Path(out)
@@ -304,7 +306,9 @@ def train(model: nn.Module, train_set, val_set=None, cfg: TrainConfig | None = N
         transform.mosaic_on = epoch < cfg.epochs - cfg.close_mosaic
         running = torch.zeros(3)
         optimizer.zero_grad()
-        for i, (imgs, targets) in enumerate(loader):
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
+                   disable=not (main and progress))
+        for i, (imgs, targets) in enumerate(bar):
             ni = i + nb * epoch
             if ni <= nw:  # warmup
                 accumulate = max(1, round(float(np.interp(ni, [0, nw], [1, cfg.nbs / (cfg.batch * world)]))))
@@ -325,6 +329,7 @@ def train(model: nn.Module, train_set, val_set=None, cfg: TrainConfig | None = N
                 ema.update(_unwrap(model))
                 last_step = ni
             running += items
+            bar.set_postfix(box=f"{items[0]:.3f}", cls=f"{items[1]:.3f}", dfl=f"{items[2]:.3f}", refresh=False)
         for g in optimizer.param_groups:  # linear schedule, stepped per epoch (warmup overrides it per iteration)
             g["lr"] = cfg.lr0 * lf(epoch + 1)
         if main:
