@@ -59,6 +59,12 @@ which does not run as published (it needs an input adapter):
   keeps duplicate rows, which spconv's CPU and GPU kernels treat differently);
   averaging is deterministic and what Pointcept / MinkowskiEngine quantisation do.
 
+Zero-shot use (SVL's ``test_modelnet40`` with the text side folded away)::
+
+    model = zoo.load("svl-e3dsnn-h-openshape", weights="best_modelnet40_overall.pt")
+    model.set_zero_shot_head(category_text_feats, text_proj_from_checkpoint("best_modelnet40_overall.pt"))
+    logits = model(points)                     # [B, K]; no text encoder runs
+
 Parity trap: spconv 2.x computes a kernel-size-1 submanifold conv as
 ``x @ weight.view(in, out)`` on its ``(out, 1, 1, 1, in)`` weight (traveller59/spconv#450),
 so the released ``final`` layer learned that map; ``final`` here does the same
@@ -76,11 +82,11 @@ from torch import nn
 import neurons
 from zoo.errors import ZooError
 
-from .sparse import SparseConv3d, SparseSequential, SparseTensor, SpikeSparseConv3d, SpikeSubMConv3d, SubMConv3d
+from .sparse import SparseSequential, SparseTensor, SpikeSparseConv3d, SpikeSubMConv3d, SubMConv3d
 
 __all__ = [
     "VARIANTS", "E3DSNNConfig", "E3DSNN", "build_e3dsnn", "BasicBlock", "DownBlock",
-    "voxelize", "normalize_unit_sphere", "fold_text_head", "from_official",
+    "voxelize", "normalize_unit_sphere", "fold_text_head", "from_official", "text_proj_from_checkpoint",
 ]
 
 BN_EPS = 1e-3
@@ -299,3 +305,22 @@ def from_official(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             continue
         out[k] = v
     return out
+
+
+def text_proj_from_checkpoint(ckpt) -> nn.Linear:
+    """SVL's ``text_proj`` (``nn.Linear``, 1280 -> out) from a checkpoint dict or file (``save_model``'s
+    ``'text_proj'`` entry, DDP prefix ``module.``), for :meth:`E3DSNN.set_zero_shot_head`."""
+    from zoo.checkpoint import read
+    from zoo.errors import WeightsError
+
+    obj = ckpt if isinstance(ckpt, dict) else read(ckpt)
+    sd = obj.get("text_proj") if isinstance(obj, dict) else None
+    if not isinstance(sd, dict) or not sd:
+        raise WeightsError("the checkpoint has no 'text_proj' (SVL saves it beside 'state_dict'); is it an SVL checkpoint?")
+    sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
+    if "weight" not in sd or sd["weight"].ndim != 2:
+        raise WeightsError(f"'text_proj' holds {sorted(sd)}, not a Linear's weight and bias")
+    out_f, in_f = sd["weight"].shape
+    proj = nn.Linear(in_f, out_f, bias="bias" in sd)
+    proj.load_state_dict({k: v.float() for k, v in sd.items()})
+    return proj

@@ -49,8 +49,13 @@ holds ``last_kernel_map`` (a :class:`KernelMap`), and
 * ``event_acs(counts)`` = ``out_channels * sum_j fan_out[j] * sum_c |counts[j, c]|``
   (ACs: one per unit event per synapse reached, exact).
 
-The layers take and return a :class:`SparseTensor`, so a forward hook sees
-``args[0].features`` (the counts) and can call ``module.event_acs(counts)``.
+The layers take and return a :class:`SparseTensor` and are not ``nn.modules.conv._ConvNd``;
+a profiler finds them as :class:`SparseConvBase`. In a forward hook (the kernel map is set
+by then): a :class:`neurons.Synapse` (``Spike*Conv3d``) gets
+``module.event_acs(module.input_counts(args[0].features))`` ACs; any other sparse conv
+(real-valued input: the stem's first conv, ``final``) ``module.dense_ops()`` MACs. The
+cost of the same layer as a dense op over the whole grid is not a meaningful reference
+(the grid is ~99 % empty); ``dense_ops()`` is the sparse dense-equivalent.
 """
 
 from __future__ import annotations
@@ -67,7 +72,7 @@ from neurons.synapse import Synapse, expand_events
 from zoo.errors import ZooError
 
 __all__ = [
-    "SparseTensor", "KernelMap", "SparseSequential", "SubMConv3d", "SparseConv3d",
+    "SparseTensor", "KernelMap", "SparseSequential", "SparseConvBase", "SubMConv3d", "SparseConv3d",
     "SpikeSubMConv3d", "SpikeSparseConv3d", "linear_keys", "submanifold_map", "strided_map", "apply_kernel_map",
 ]
 
@@ -259,11 +264,13 @@ class SparseSequential(nn.Sequential):
 
     def forward(self, x: SparseTensor) -> SparseTensor:
         for m in self:
-            x = m(x) if isinstance(m, _SparseConv) else x.replace_feature(m(x.features))
+            x = m(x) if isinstance(m, SparseConvBase) else x.replace_feature(m(x.features))
         return x
 
 
-class _SparseConv(nn.Module):
+class SparseConvBase(nn.Module):
+    """Base of the sparse convs: parameters ``weight (out, k0, k1, k2, in)`` and ``bias``; op counts of the last forward."""
+
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  bias: bool = True, indice_key: str | None = None):
         super().__init__()
@@ -339,7 +346,7 @@ class _SparseConv(nn.Module):
         return s + f", bias={self.bias is not None}"
 
 
-class SubMConv3d(_SparseConv):
+class SubMConv3d(SparseConvBase):
     """Submanifold conv (spconv ``SubMConv3d``): outputs on the input sites only; weight ``(out, k, k, k, in)``.
 
     ``spconv_1x1=True``: for kernel size 1, compute ``x @ weight.view(in, out)`` as spconv 2.x does
@@ -364,7 +371,7 @@ class SubMConv3d(_SparseConv):
         return super().extra_repr() + (", spconv_1x1=True" if self.spconv_1x1 else "")
 
 
-class SparseConv3d(_SparseConv):
+class SparseConv3d(SparseConvBase):
     """Regular sparse conv (spconv ``SparseConv3d``): outputs where any input reaches; e.g. k2 s2 downsampling."""
 
     def _geometry(self, x):
@@ -375,11 +382,11 @@ class _SpikeSparse(Synapse):
     """A sparse conv fed by a count neuron (see the module docstring); same parameters and keys."""
 
     def forward(self, x):  # Synapse.forward would hand a SparseTensor to spike_forward
-        return _SparseConv.forward(self, x)
+        return SparseConvBase.forward(self, x)
 
     def _features(self, features, kmap):
         if not self.spike_driven:
-            return _SparseConv._features(self, features, kmap)
+            return SparseConvBase._features(self, features, kmap)
         lv = self.levels
         counts = self.input_counts(features)
         events = expand_events(counts, lv.D, lv.signed)  # [D, N, C] in {0, 1} (or {-1, 0, 1})

@@ -7,8 +7,9 @@ import torch
 
 import neurons
 import zoo
+from tasks.pointcloud.e3dsnn import text_proj_from_checkpoint
 from tasks.pointcloud.models import CARDS, name_of
-from zoo.errors import ZooError
+from zoo.errors import WeightsError, ZooError
 
 
 def test_cards_are_registered_with_the_official_parameter_counts():
@@ -43,9 +44,16 @@ def test_loads_an_svl_checkpoint_as_saved_by_its_trainer(tmp_path):
     path = tmp_path / "best_modelnet40_overall.pt"
     torch.save(ckpt, path)
     model = zoo.load(name_of("t"), weights=path, mode="spike")
+    proj = text_proj_from_checkpoint(path)
+    assert torch.equal(proj.weight, ckpt["text_proj"]["module.weight"]) and torch.equal(proj.bias, ckpt["text_proj"]["module.bias"])
     assert neurons.mode_of(model) == "spike"
     for k, v in source.state_dict().items():
         assert torch.equal(model.state_dict()[k], v), k
     pts = torch.cat([torch.randn(1, 600, 3), torch.rand(1, 600, 3)], 2)
     with torch.no_grad():
         assert torch.allclose(model(pts), source.eval()(pts), rtol=1e-4, atol=1e-4)
+
+
+def test_checkpoint_without_text_proj_is_a_weights_error():
+    with pytest.raises(WeightsError, match="text_proj"):
+        text_proj_from_checkpoint({"state_dict": {}})
