@@ -1,8 +1,26 @@
-"""pointcloud models, data adapters and evaluators: SVL's spiking E-3DSNN backbones on hand-written sparse convs."""
+"""3D point clouds: SVL's spiking E-3DSNN backbones on the zoo's own sparse convolutions, Rep-VLI zero-shot heads.
 
-from .e3dsnn import E3DSNN, build_e3dsnn, fold_text_head, voxelize
-from .sparse import SparseConv3d, SparseTensor, SubMConv3d
+``models`` holds the cards, ``e3dsnn`` the architecture (and its converter), ``sparse`` the sparse 3D
+convolutions, ``cli`` what ``zoo profile`` feeds these models.
+"""
 
-from . import models  # noqa: E402,F401  (registers svl-e3dsnn-{t,s,l,h}-openshape)
+from zoo.plugin import Task
 
-__all__ = ["E3DSNN", "build_e3dsnn", "fold_text_head", "voxelize", "SparseTensor", "SubMConv3d", "SparseConv3d"]
+TASK = Task(
+    name="pointcloud",
+    description="3D point clouds: open-world zero-shot classification (SVL: E-3DSNN)",
+    models="tasks.pointcloud.models",
+    cli="tasks.pointcloud.cli",
+)
+
+_LAZY = {"E3DSNN": "e3dsnn", "build_e3dsnn": "e3dsnn", "fold_text_head": "e3dsnn", "voxelize": "e3dsnn",
+         "SparseTensor": "sparse", "SubMConv3d": "sparse", "SparseConv3d": "sparse"}
+__all__ = ["TASK", *_LAZY]
+
+
+def __getattr__(name):  # the architectures import torch: only when asked for
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -9,7 +9,6 @@ from __future__ import annotations
 from zoo.errors import ZooError
 from zoo.registry import register
 
-from .e3dsnn import E3DSNNConfig, build_e3dsnn
 
 __all__ = ["CARDS", "COMMON"]
 
@@ -41,15 +40,16 @@ COMMON = dict(
     D=4,
     neuron=_NEURON,
     weights=None,
-    converter="tasks.pointcloud.e3dsnn:from_official",
+    converters={"state_dict": "tasks.pointcloud.e3dsnn:from_official"},  # SVL: {'state_dict': {'module.*'}, ...}
 )
 
-# size -> card fields that differ; params are filled from the built model by zoo.info
+# size -> card fields that differ (params: the official classes' counts, checked by the tests)
 CARDS = {
-    "t": dict(metrics=[], notes="E-3DSNN-T (embed 16, channels 16/32/64/128, depths 1/1/1/1)."),
-    "s": dict(metrics=[], notes="E-3DSNN-S (embed 24, channels 24/48/96/160, depths 1/1/1/1)."),
-    "l": dict(metrics=[], notes="E-3DSNN-L (embed 64, channels 64/128/128/256, depths 2/2/2/2)."),
+    "t": dict(params=2_034_176, metrics=[], notes="E-3DSNN-T (embed 16, channels 16/32/64/128, depths 1/1/1/1)."),
+    "s": dict(params=3_470_784, metrics=[], notes="E-3DSNN-S (embed 24, channels 24/48/96/160, depths 1/1/1/1)."),
+    "l": dict(params=17_649_280, metrics=[], notes="E-3DSNN-L (embed 64, channels 64/128/128/256, depths 2/2/2/2)."),
     "h": dict(
+        params=47_051_648,
         metrics=[dict(
             dataset="ModelNet40", metric="zero-shot top-1 (%)", value=85.4, source="paper",
             note="SVL abstract; E-3DSNN-H (the largest backbone) with OpenCLIP bigG-14 text features",
@@ -58,14 +58,14 @@ CARDS = {
     ),
 }
 
-_OPTIONS = set(E3DSNNConfig.__dataclass_fields__) - {"embed_channels", "enc_channels", "enc_depth"}
-
-
 def _builder(size: str):
     def build(**kwargs):
-        unknown = set(kwargs) - _OPTIONS
+        from .e3dsnn import E3DSNNConfig, build_e3dsnn
+
+        options = set(E3DSNNConfig.__dataclass_fields__) - {"embed_channels", "enc_channels", "enc_depth"}
+        unknown = set(kwargs) - options
         if unknown:
-            raise ZooError(f"unknown E-3DSNN option(s) {', '.join(sorted(unknown))}; options are {', '.join(sorted(_OPTIONS))}")
+            raise ZooError(f"unknown E-3DSNN option(s) {', '.join(sorted(unknown))}; options are {', '.join(sorted(options))}")
         return build_e3dsnn(size, **kwargs)
 
     return build
@@ -76,4 +76,5 @@ def name_of(size: str) -> str:
 
 
 for _size, _card in CARDS.items():
-    register(name_of(_size), **COMMON, metrics=_card["metrics"], notes=_card["notes"] + " " + _OUTPUT)(_builder(_size))
+    register(name_of(_size), **COMMON, params=_card["params"], metrics=_card["metrics"],
+             notes=_card["notes"] + " " + _OUTPUT)(_builder(_size))

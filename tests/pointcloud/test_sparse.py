@@ -127,8 +127,7 @@ def test_spike_driven_mode_equals_integer_mode_and_sees_only_events(monkeypatch)
         return real(features, weight, kmap)
 
     monkeypatch.setattr(sparse, "apply_kernel_map", recording)
-    with neurons.spike_driven(net):
-        spikes = net(x).features
+    spikes = neurons.to_spike_driven(net)(x).features
     torch.testing.assert_close(spikes, ints, rtol=1e-5, atol=1e-5)
     # the first conv reads real values; the two spiking convs see only [D=4, N, C] binary events
     assert seen[0].ndim == 2
@@ -141,7 +140,7 @@ def test_spike_driven_mode_rejects_non_counts():
     conv = SpikeSubMConv3d(3, 4, 3, source=neurons.MultiSpike(D=4))
     neurons.to_spike_driven(conv)
     x = random_sites(channels=3, seed=5, dtype=torch.float32)
-    with pytest.raises(ZooError, match="not counts"):
+    with pytest.raises(neurons.NeuronError, match="not counts"):
         conv(x)
 
 
