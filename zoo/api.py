@@ -53,7 +53,9 @@ def load(
     weights (models converted from a base model, ``card.builds_weights``, always
     start from their base's weights). ``mode``: ``"integer"`` (counts, fast) or ``"spike"`` (binary or
     ternary events over ``D`` virtual time steps). ``options`` go to the builder.
-    The model resets its neuron state before every forward.
+    The model resets its neuron state before every forward. A model with a
+    ``restore_from_checkpoint(ckpt)`` method is then given the whole checkpoint
+    (e.g. TDE restores its AGM gate history from the pickled official model).
     """
     if mode not in MODES:
         raise ZooError(f"mode must be one of {MODES}, got {mode!r}")
@@ -63,26 +65,32 @@ def load(
     except TypeError as e:
         raise ZooError(f"{name} does not take these options ({e})") from None
     converter = card.converter
+    raw = None  # what the weights file holds (for what a state dict does not: see restore_from_checkpoint)
     if card.builds_weights:  # e.g. SDLLM: the builder converts its base model's weights
         if weights is not None:
             raise ZooError(f"{name} is converted from a base model: pass base='PATH' (a Hugging Face directory), not weights=")
         state = None
     elif weights is not None:
         source = str(weights)
-        state = checkpoint.to_state_dict(checkpoint.read(weights))
+        raw = checkpoint.read(weights)
+        state = checkpoint.to_state_dict(raw)
     elif pretrained:
         if card.weights is None:
             raise ZooError(f"{name} has no released weights; use pretrained=False for random weights, or weights='PATH'")
         converter = hub.entry(card.weights).converter or converter
         path = hub.fetch(card.weights)
         source = str(path)
-        state = checkpoint.to_state_dict(checkpoint.read(path))
+        raw = checkpoint.read(path)
+        state = checkpoint.to_state_dict(raw)
     else:
         state = None
     if state is not None:
         if set(state) != set(model.state_dict()):  # an official checkpoint: map its keys to ours
             state = _converter(converter)(state)
         load_state(model, state, source)
+        restore = getattr(model, "restore_from_checkpoint", None)
+        if callable(restore):  # running state or settings the official pickle holds outside its state dict
+            restore(raw)
     if mode == "spike":
         neurons.to_spike_driven(model)
     model.card = card
