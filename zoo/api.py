@@ -56,7 +56,9 @@ def load(
     weights (models converted from a base model, ``card.builds_weights``, always
     start from their base's weights). ``mode``: ``"integer"`` (counts, fast) or ``"spike"`` (binary or
     ternary events over ``D`` virtual time steps). ``options`` go to the builder.
-    The model resets its neuron state before every forward.
+    The model resets its neuron state before every forward. A model with a
+    ``restore_from_checkpoint(ckpt)`` method is then given the whole checkpoint
+    (e.g. TDE restores its AGM gate history from the pickled official model).
     """
     if mode not in MODES:
         raise ZooError(f"mode must be one of {MODES}, got {mode!r}")
@@ -81,6 +83,9 @@ def load(
         raw = checkpoint.read(path)
         fmt = fmt or checkpoint.recognise(raw)
         load_state(model, convert(card, checkpoint.to_state_dict(raw), fmt, str(path)), str(path))
+        restore = getattr(model, "restore_from_checkpoint", None)
+        if callable(restore):  # running state or settings the official pickle holds outside its state dict
+            restore(raw)
     if mode == "spike":
         neurons.to_spike_driven(model)
     model.card = card

@@ -30,6 +30,7 @@ STUB_PREFIXES = (
 # real callables a checkpoint may use: all rebuild data, none reaches the system
 SAFE_GLOBALS = {
     ("collections", "OrderedDict"): collections.OrderedDict,
+    ("collections", "deque"): collections.deque,  # TDE's DetectionModel.past_data (the AGM's gate history)
     ("builtins", "set"): set, ("builtins", "frozenset"): frozenset, ("builtins", "slice"): slice,
     ("builtins", "complex"): complex, ("builtins", "bytearray"): bytearray,
     ("_codecs", "encode"): codecs.encode,  # protocol-2 pickles store bytes as latin-1 text

@@ -9,8 +9,10 @@ whose every shape is right. Which SpikeYOLO it is (width, number of classes,
 block repeats, layer 25's ratio) is read from the shapes by :func:`infer_config`.
 
 The released ``.pt`` files are ultralytics pickles holding whole ``nn.Module``
-objects; extracting ``ckpt['ema' or 'model'].state_dict()`` from them needs the
-official classes and is not done here.
+objects; :mod:`zoo.checkpoint` reads them without the official classes (inert
+stubs) and takes the tensors of ``ckpt['ema']`` (else ``ckpt['model']``).
+:func:`official_module` gives that same pickled model, for what the state dict
+does not hold (``MS_GetT``'s ``T``; TDE's AGM history).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import torch
 
 from zoo.errors import WeightsError
 
-__all__ = ["from_official", "infer_config"]
+__all__ = ["from_official", "infer_config", "official_module", "pickled_attr", "check_pickled_T"]
 
 _SHOW = 5  # how many key names an error message lists
 
@@ -30,6 +32,38 @@ def _names(keys) -> str:
     keys = sorted(keys)
     more = f" (+{len(keys) - _SHOW} more)" if len(keys) > _SHOW else ""
     return ", ".join(keys[:_SHOW]) + more
+
+
+def official_module(ckpt):
+    """The pickled model an ultralytics checkpoint's weights come from: ``ckpt['ema']``, else ``ckpt['model']``
+    (the choice :func:`zoo.checkpoint.to_state_dict` makes); ``None`` for a plain state dict."""
+    if not isinstance(ckpt, dict) or all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        return None
+    module = ckpt.get("ema") if ckpt.get("ema") is not None else ckpt.get("model")
+    return None if module is None or isinstance(module, dict) else module
+
+
+def pickled_attr(module, path: str, default=None):
+    """Attribute ``path`` (``"model.0.T"``) of a pickled module tree (real ``nn.Module`` or stub), or ``default``."""
+    for part in path.split("."):
+        children = vars(module).get("_modules") or {}
+        if part in children:
+            module = children[part]
+        elif part in vars(module):
+            module = vars(module)[part]
+        else:
+            return default
+    return module
+
+
+def check_pickled_T(model, ckpt, label: str) -> None:
+    """Raise :class:`WeightsError` if the checkpoint's ``MS_GetT`` repeats an image another number of times
+    than ``model``'s :class:`GetT` (``T`` is not in the state dict, only in the pickled module)."""
+    T = pickled_attr(official_module(ckpt), "model.0.T") if official_module(ckpt) is not None else None
+    own = getattr(model.model[0], "T", None)
+    if isinstance(T, int) and own is not None and T != own:
+        raise WeightsError(f"the {label} checkpoint runs MS_GetT with T={T}, this model was built with T={own}; "
+                           f"pass T={T} to build the model the checkpoint was trained as")
 
 
 def _repeats(state: dict, layer: int) -> int:

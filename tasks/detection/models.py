@@ -30,7 +30,7 @@ _COCO_INPUT = (
 _GEN1_INPUT = (
     "Gen1 event frames [B, T, 3, H, W] (per slice: 127/255 background, 1 positive, 0 negative event), "
     "float in [0, 1], H and W multiples of 32 (the paper: 304x240 letterboxed to 320); "
-    "a [B, 3, H, W] frame is repeated T times"
+    "a single [B, 3, H, W] frame runs one time step (T = 1), as the official Gen1 code does"
 )
 _OUTPUT = (
     "eval: (y, raw) with y = [B, 4 + nc, anchors] (box centre x, y, width, height in input pixels, then "

@@ -15,7 +15,7 @@ Layout (``[T, B, C, H, W]`` tensors between layers; ``T`` = time steps):
 ====  =====================  ==========================================
  idx  block                  notes
 ====  =====================  ==========================================
-  0   GetT                   image -> T copies (Gen1: event frames)
+  0   GetT                   image -> T copies (Gen1: event frames; one frame: T = 1)
   1   MS_DownSampling 128    7x7 stride 4, real-valued input (no neuron)
   2   MS_AllConvBlock x3     SepConv + two 3x3 MS_StandardConv
   3   MS_DownSampling 256    I-LIF -> 3x3 stride 2
@@ -479,7 +479,9 @@ class SpikeYOLOConfig:
     width: float = 0.5
     max_ch: int = 1024
     nc: int = 80
-    T: int = 1  # time steps for a [B, 3, H, W] image (MS_GetT's argument)
+    # time steps for a [B, 3, H, W] image (MS_GetT's argument). Gen1: the event frames' T ([B, T, 3, H, W]
+    # brings its own); a single frame runs T = 1, as the official Gen1 YAML's MS_GetT [3, 1] does
+    T: int = 1
     p5_ratio: int = 1  # layer 25's MS_ConvBlock mlp ratio: 1 in the YAML, 2 for scales m and l
     gen1: bool = False  # Gen1 release: decay-input I-LIF, accepts [B, T, 3, H, W] event frames
     repeats: tuple[int, int, int, int] | None = None  # layers 2, 4, 6, 8; None: from depth
@@ -545,7 +547,7 @@ class SpikeYOLO(nn.Module):
         up = lambda: nn.Upsample(scale_factor=(1, 2, 2), mode="nearest")  # noqa: E731  on [T, B, C, H, W]
 
         self.model = nn.ModuleList([
-            GetT(cfg.T),                                                                   # 0
+            GetT(1 if cfg.gen1 else cfg.T),                                                # 0
             MS_DownSampling(3, c1, 7, 4, 2, True, neuron),                                 # 1
             *backbone(c1, c3, c5, c7, c9, (n2, n4, n6, n8), neuron),                      # 2..9 (P3 4, P4 6, P5 9)
             MS_StandardConv(c9, c10, 1, 1, neuron),                                        # 10
@@ -574,6 +576,13 @@ class SpikeYOLO(nn.Module):
     def check_input(self, x) -> None:
         """Raise :class:`ZooError` (one line) unless ``x`` is a float image batch this model can take."""
         check_image_batch(x, "SpikeYOLO", multiple=32, ndims=(4, 5) if self.cfg.gen1 else (4,))
+
+    def restore_from_checkpoint(self, ckpt) -> None:
+        """Called by ``zoo.load`` after the weights: check the official pickle's ``MS_GetT`` ``T`` (not in the
+        state dict) against this model's."""
+        from .convert import check_pickled_T
+
+        check_pickled_T(self, ckpt, "SpikeYOLO")
 
     def forward(self, x: torch.Tensor):
         self.check_input(x)

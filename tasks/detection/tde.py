@@ -77,14 +77,20 @@ not in neuron memories, so it survives it. Choices made here:
 * a freshly built model starts from the official fresh state (the official
   constructor also runs two stride-probing forwards on zeros, which advance the
   history; that is not reproduced);
-* ``load_state_dict`` restores ``attention_i`` and primes the history with it
-  (10 copies, ``S = attention``), so the first forward after loading uses
-  exactly the checkpoint's gate and later forwards keep averaging as the
-  official code does. (The official pickled checkpoint also carries its deque,
-  the attention of the last training / validation batches, which is not in the
-  state dict, so the first <= 10 forwards after loading can differ slightly
-  from the pickled official model.) :meth:`TDE.reset_agm` returns to the fresh
-  state;
+* an official checkpoint as released (the ultralytics pickle of the whole
+  ``DetectionModel``, read by ``zoo.load(..., weights=PATH)``) restores the
+  running state the official forward really reads: the pickled history
+  ``past_data`` (a ``deque`` of at most 10 entries), ``lenqueue`` and the last
+  attention ``shared_params`` (:meth:`TDE.restore_from_checkpoint`), taken from
+  the same pickled model as the weights (``ema``, else ``model``); the next
+  forwards then equal the official model's. The ``attention_i`` buffers are
+  only *written* by the official forward (and, in the ``ema`` model, averaged by
+  the EMA from the training model's), so they are not a gate;
+* a plain state dict (``load_state_dict``, safetensors) has no history: it is
+  primed from ``attention_i`` (10 copies, ``S = attention``), so the first
+  forward uses the checkpoint's last averaged gate: an approximation, the
+  official model's first <= 10 forwards can differ from it (~10 %).
+  :meth:`TDE.reset_agm` returns to the fresh state;
 * ``model.agm_update = False`` freezes the gate (the one the next forward
   would use) and stops updating it: deterministic outputs that do not depend
   on earlier inputs, e.g. for spike-driven vs integer checks.
@@ -552,6 +558,42 @@ class TDE(nn.Module):
         self._agm_history.copy_(gate.expand(AGM_HISTORY, -1))
         self._agm_count.fill_(AGM_HISTORY)
         self._agm_last.copy_(gate)
+
+    @torch.no_grad()
+    def load_agm_state(self, history, count: int, last) -> None:
+        """Set the AGM running state as the official ``DetectionModel`` holds it: ``history`` = ``past_data``
+        (oldest first, at most 10 entries of T numbers), ``count`` = ``lenqueue``, ``last`` = ``shared_params``
+        (the attention the last forward left)."""
+        T = self.cfg.T
+        try:
+            rows = [torch.stack([torch.as_tensor(v, dtype=torch.float32).reshape(()) for v in row]) for row in history]
+            last = torch.stack([torch.as_tensor(v, dtype=torch.float32).reshape(()) for v in last])
+            n = min(int(count), AGM_HISTORY)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise WeightsError(f"the checkpoint's AGM history is not T={T} numbers per entry ({e})") from None
+        if any(r.numel() != T for r in rows) or last.numel() != T or len(rows) != n or n < 0:
+            raise WeightsError(f"the checkpoint's AGM history does not fit T={T}: {len(rows)} entries, lenqueue "
+                               f"{count}, last attention of {last.numel()}; is it a TDE(SDA) checkpoint?")
+        self._agm_history.zero_()
+        if n:
+            self._agm_history[:n].copy_(torch.stack(rows))
+        self._agm_count.fill_(n)
+        self._agm_last.copy_(last)
+
+    def restore_from_checkpoint(self, ckpt) -> None:
+        """What an official checkpoint holds outside its state dict (called by ``zoo.load`` after the weights):
+        the AGM history of the pickled model the weights come from, and a check of the encoder's ``T``."""
+        from .convert import check_pickled_T, official_module
+
+        check_pickled_T(self, ckpt, "TDE")
+        module = official_module(ckpt)
+        if not self.gated or module is None:
+            return  # a plain state dict: the history stays primed from attention_i (load_state_dict)
+        d = vars(module)
+        if not all(k in d for k in ("past_data", "lenqueue", "shared_params")):
+            raise WeightsError("the pickled TDE model has no AGM history (past_data, lenqueue, shared_params); "
+                               "is it an official TDE(SDA) checkpoint?")
+        self.load_agm_state(list(d["past_data"]), d["lenqueue"], d["shared_params"])
 
     @staticmethod
     def _after_load(module, incompatible_keys) -> None:
