@@ -1,4 +1,4 @@
-"""Official SpikeYOLO state dicts -> this zoo's SpikeYOLO.
+"""Official SpikeYOLO and TDE state dicts -> this zoo's models: the detection task's checkpoint converters.
 
 The zoo's SpikeYOLO uses the official key names (``model.1.encode_conv.weight``,
 ``model.26.cv2.0.0.conv.weight``, ``model.26.dfl.conv.weight`` ...), so the
@@ -124,3 +124,68 @@ def validate_official(state, keep, infer, build, label: str) -> dict[str, torch.
     if bad:
         raise WeightsError(f"{label} state dict has {len(bad)} tensors of the wrong shape: {_names(bad)}")
     return out
+
+
+# --------------------------------------------------------------------------- TDE (a SpikeYOLO fork)
+
+
+def infer_tde_config(state: dict[str, torch.Tensor]) -> dict:
+    """Builder keywords (``config``, ``scale``, ``nc``, ``T``, ``repeats``) of the TDE a state dict belongs to.
+
+    ``TCSA+SE`` and ``TDE(TCSA)`` have identical keys and shapes (they differ
+    only in where the attention sits); such a state dict is reported as ``TCSA+SE``.
+    """
+    if "model.0.encode_conv.weight" in state:
+        o, encoder = 0, ("agm" if "model.0.alpha_base" in state else "se")
+    elif "model.1.encode_conv.weight" in state:
+        o, encoder = 1, "repeat"
+    else:
+        raise WeightsError("not a TDE state dict: no model.0.encode_conv.weight or model.1.encode_conv.weight")
+    head = 25 + o
+    cls_key = f"model.{head}.cv3.0.2.conv.weight"
+    if cls_key not in state:
+        raise WeightsError(f"not a TDE state dict: missing {cls_key}")
+    if any(".att.ta.conv1." in k for k in state):
+        att = "sda"
+    elif any(".att.ta.sharedMLP." in k for k in state):
+        att = "tcsa"
+    else:
+        att = None
+    td = f"model.{head}.td.fc.weight" in state
+    if encoder == "agm":
+        config = "TDE(SDA)"
+    elif encoder == "repeat":
+        config = {None: "snn", "tcsa": "TCSA", "sda": "SDA"}[att]
+    else:
+        config = {None: "SE", "tcsa": "TCSA+SE", "sda": "SDA+SE"}[att]
+    if encoder == "se" or encoder == "agm":
+        T = sum(1 for k in state if re.match(r"^model\.0\.time_modules\.\d+\.encode_conv\.weight$", k))
+    elif td:
+        T = int(state[f"model.{head}.td.fc.weight"].shape[1])
+    else:
+        T = sum(1 for k in state if re.match(r"^attention_\d+$", k)) or 4
+    c1 = int(state[f"model.{o}.encode_conv.weight"].shape[0])
+    width = c1 / 128
+    c9_key = f"model.{9 + o}.conv.weight"  # MS_StandardConv to min(512 w, max_ch w): reveals a channel cap
+    c9 = int(state[c9_key].shape[0]) if c9_key in state else int(512 * width)
+    max_ch = 1024 if c9 >= int(512 * width) else round(c9 / width)
+    return dict(
+        config=config,
+        scale=(0.33, width, max_ch),
+        nc=int(state[cls_key].shape[0]),
+        T=int(T),
+        repeats=tuple(_repeats(state, i + o) for i in (1, 3, 5, 7)),
+    )
+
+
+def tde_from_official(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Map an official TDE state dict (``model.N...`` and ``attention_i``) to this zoo's keys (float32), validating it.
+
+    The keys are the official ones; this drops non-tensors and other keys,
+    strips DDP ``module.`` prefixes, casts to float32 and checks that every key
+    and shape fits the TDE config the state dict belongs to (:func:`infer_tde_config`).
+    """
+    from .tde import build_tde
+
+    return validate_official(state, lambda key: key.startswith("model.") or re.match(r"^attention_\d+$", key),
+                             infer_tde_config, build_tde, "TDE")

@@ -143,7 +143,7 @@ _TDE = dict(
     task="detection", paper=_TDE_PAPER, arxiv="2512.02447", code="https://github.com/Mortal825/TDE",
     license="AGPL-3.0", input=_TDE_INPUT, input_size=(1, 3, 640, 640), T=4, D=1,
     neuron="binary LIF, decay 0.25, reset 0.5 x spike (neurons.BinaryLIF)",
-    weights=None, converters={"ultralytics": "tasks.detection.tde:from_official"},
+    weights=None, converters={"ultralytics": "tasks.detection.convert:tde_from_official"},
 )
 
 

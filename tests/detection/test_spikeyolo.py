@@ -174,7 +174,7 @@ def test_spike_driven_needs_eval(tiny):
     desc, official = tiny
     model = _tiny_model(desc, official).train()
     neurons.to_spike_driven(model)
-    with pytest.raises(neurons.NeuronError, match="eval"):
+    with pytest.raises(ZooError, match="eval"):
         model(torch.rand(1, 3, 64, 64))
 
 

@@ -117,7 +117,7 @@ def test_registry_cards():
         assert card.task == "detection" and card.arxiv == "2512.02447"
         assert card.code == "https://github.com/Mortal825/TDE"
         assert card.T == 4 and card.D == 1 and card.weights is None and card.license == "AGPL-3.0"
-        assert card.converters == {"ultralytics": "tasks.detection.tde:from_official"}
+        assert card.converters == {"ultralytics": "tasks.detection.convert:tde_from_official"}
         assert all(m.source == "paper" and m.metric == "mAP@50:95" for m in card.metrics)
     assert [m.value for m in voc.metrics] == [57.7] and [m.value for m in ev.metrics] == [47.6]
     with torch.device("meta"):
