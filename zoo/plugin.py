@@ -112,3 +112,15 @@ def load_object(spec: str):
     """``"module:attribute"`` -> the object (converters and other late-bound references)."""
     module, _, attr = spec.partition(":")
     return getattr(importlib.import_module(module), attr)
+
+
+def lazy_exports(package: str, names: dict[str, str]):
+    """A module ``__getattr__`` for a task package: ``names`` maps an exported name to the submodule defining
+    it, imported on first use (the architectures import torch; the task's declaration must not)."""
+
+    def __getattr__(name):
+        if name in names:
+            return getattr(importlib.import_module(f"{package}.{names[name]}"), name)
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    return __getattr__

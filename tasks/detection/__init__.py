@@ -4,7 +4,7 @@
 converters, ``data`` the data set adapters, ``evaluate`` / ``predict`` / ``train`` the rest, ``cli`` the verbs.
 """
 
-from zoo.plugin import Task
+from zoo.plugin import Task, lazy_exports
 
 TASK = Task(
     name="detection",
@@ -16,10 +16,4 @@ TASK = Task(
 _LAZY = {"SpikeYOLO": "spikeyolo", "build_spikeyolo": "spikeyolo", "TDE": "tde", "build_tde": "tde"}
 __all__ = ["TASK", *_LAZY]
 
-
-def __getattr__(name):  # the architectures import torch: only when asked for
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)  # the architectures import torch: only when asked for

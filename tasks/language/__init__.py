@@ -7,7 +7,7 @@
 or convert any model directly: ``tasks.language.sdllm.convert(hf_model, calibration_ids)``.
 """
 
-from zoo.plugin import Task
+from zoo.plugin import Task, lazy_exports
 
 TASK = Task(
     name="language",
@@ -20,10 +20,4 @@ _LAZY = {"convert": "sdllm", "SDLLMConfig": "sdllm", "SDLinear": "sdllm", "BASES
          "TINY_BASE": "models", "TINY_CONTEXT": "models"}
 __all__ = ["TASK", *_LAZY]
 
-
-def __getattr__(name):  # torch and transformers load only when asked for
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)  # the architectures import torch: only when asked for

@@ -4,7 +4,7 @@
 convolutions, ``cli`` what ``zoo profile`` feeds these models.
 """
 
-from zoo.plugin import Task
+from zoo.plugin import Task, lazy_exports
 
 TASK = Task(
     name="pointcloud",
@@ -17,10 +17,4 @@ _LAZY = {"E3DSNN": "e3dsnn", "build_e3dsnn": "e3dsnn", "fold_text_head": "e3dsnn
          "SparseTensor": "sparse", "SubMConv3d": "sparse", "SparseConv3d": "sparse"}
 __all__ = ["TASK", *_LAZY]
 
-
-def __getattr__(name):  # the architectures import torch: only when asked for
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)  # the architectures import torch: only when asked for
