@@ -85,8 +85,8 @@ def test_bad_data_is_one_line_naming_the_file(tmp_path):
     (root / "annotations/training").mkdir()
     with pytest.raises(ZooError, match="empty"):
         ADE20K(root, split="train")
-    with pytest.raises(ZooError, match="is not an ADE20K"):
-        load_dataset(tmp_path / "images")
+    with pytest.raises(ZooError, match="is not a folder"):
+        load_dataset(tmp_path / "nothing")
     (tmp_path / "VOC").mkdir()
     with pytest.raises(ZooError, match="not an ADE20K"):
         load_dataset(tmp_path / "VOC")
