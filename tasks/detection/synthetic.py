@@ -24,7 +24,8 @@ from PIL import Image, ImageDraw, ImageFilter
 from .classes import SHAPES_CLASSES as CLASSES  # noqa: E402
 
 
-def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+def background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """A textured ``[h, w, 3]`` uint8 background: smooth noise, stripes, checkerboard, gradient or blotches."""
     kind = rng.integers(5)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     base = rng.uniform(0, 255, 3).astype(np.float32)
@@ -51,7 +52,8 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def _draw(draw: ImageDraw.ImageDraw, cls: int, box, color, rng) -> None:
+def draw_shape(draw: ImageDraw.ImageDraw, cls: int, box, color, rng) -> None:
+    """Draw shape ``CLASSES[cls]`` filling ``box`` (x0, y0, x1, y1) in ``color`` (also a class index on a mask)."""
     x0, y0, x1, y1 = box
     cx, cy, r = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2
     if CLASSES[cls] == "circle":
@@ -79,7 +81,7 @@ def _iou(a, b) -> float:
 
 def make_image(rng: np.random.Generator):
     h, w = int(rng.integers(120, 260)), int(rng.integers(120, 260))
-    img = Image.fromarray(_background(rng, h, w))
+    img = Image.fromarray(background(rng, h, w))
     draw = ImageDraw.Draw(img)
     boxes, labels = [], []
     for _ in range(int(rng.integers(1, 7))):
@@ -93,7 +95,7 @@ def make_image(rng: np.random.Generator):
             continue
         cls = int(rng.integers(len(CLASSES)))
         color = tuple(int(c) for c in rng.integers(0, 256, 3))
-        _draw(draw, cls, box, color, rng)
+        draw_shape(draw, cls, box, color, rng)
         boxes.append(box)
         labels.append(cls)
     if rng.uniform() < 0.3:

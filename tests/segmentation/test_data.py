@@ -90,3 +90,15 @@ def test_bad_data_is_one_line_naming_the_file(tmp_path):
     (tmp_path / "VOC").mkdir()
     with pytest.raises(ZooError, match="not an ADE20K"):
         load_dataset(tmp_path / "VOC")
+
+
+def test_synthetic_shapes_read_as_ade20k(tmp_path):
+    from tasks.segmentation.synthetic import CLASSES, write_ade20k
+
+    write_ade20k(tmp_path, n_train=3, n_val=2, seed=1)
+    train, val = load_dataset(tmp_path, split="train"), load_dataset(tmp_path)
+    assert isinstance(val, ADE20K) and len(train) == 3 and len(val) == 2
+    for image, label, _ in (train[i] for i in range(3)):
+        assert image.shape[1:] == label.shape
+        values = set(label.unique().tolist())
+        assert 0 in values and values <= set(range(len(CLASSES))) and len(values) >= 2  # background + shapes
