@@ -26,7 +26,8 @@ def hand_conv_acs(counts: torch.Tensor, conv: nn.modules.conv._ConvNd) -> int:
         per_dim = [(d * (k - 1) // 2, d * (k - 1) - d * (k - 1) // 2) for k, d in zip(conv.kernel_size, conv.dilation)]
     else:
         per_dim = [(0, 0) if conv.padding == "valid" else (p, p) for p in conv.padding]
-    a = F.pad(a, [side for lr in reversed(per_dim) for side in lr])
+    mode = "constant" if conv.padding_mode == "zeros" else conv.padding_mode  # others pad with copies of inputs
+    a = F.pad(a, [side for lr in reversed(per_dim) for side in lr], mode=mode)
     for i, (k, s, d) in enumerate(zip(conv.kernel_size, conv.stride, conv.dilation)):
         a = a.unfold(2 + i, d * (k - 1) + 1, s)[..., ::d]  # windows along spatial dim i, dilated taps
     return int(a.sum()) * conv.out_channels // conv.groups
@@ -100,7 +101,7 @@ def test_plain_torch_net_against_hand_count(make_neuron):
 def test_spikingjelly_multi_step_net_against_hand_count(first):
     torch.manual_seed(0)
     net = nn.Sequential(
-        layer.Conv2d(2, 4, 3, padding=1, step_mode="m"),  # real-valued input: MACs
+        layer.Conv2d(2, 4, 3, padding=1, groups=2, step_mode="m"),  # real-valued input: MACs
         first(step_mode="m"),
         layer.SeqToANNContainer(nn.Conv2d(4, 6, 3, padding=1, groups=2), nn.BatchNorm2d(6)),
         neuron.IFNode(step_mode="m", v_threshold=0.5),
@@ -226,6 +227,9 @@ CONVS = [
     ("conv2d-depthwise", lambda: nn.Conv2d(4, 4, 3, padding=1, groups=4), (4, 7, 6)),
     ("conv2d-strided-dilated", lambda: nn.Conv2d(4, 6, (3, 2), stride=(2, 1), padding=(2, 0), dilation=(2, 1)), (4, 7, 6)),
     ("conv2d-same", lambda: nn.Conv2d(4, 2, 4, padding="same"), (4, 7, 6)),
+    ("conv2d-replicate", lambda: nn.Conv2d(4, 2, 3, padding=1, padding_mode="replicate"), (4, 7, 6)),
+    ("conv2d-reflect-strided", lambda: nn.Conv2d(4, 2, 3, stride=2, padding=(2, 1), padding_mode="reflect"), (4, 7, 6)),
+    ("conv1d-circular", lambda: nn.Conv1d(4, 2, 5, padding=2, padding_mode="circular"), (4, 9)),
     ("conv3d", lambda: nn.Conv3d(4, 6, 3, stride=(1, 2, 2), padding=1), (4, 3, 5, 5)),
     ("conv3d-grouped", lambda: nn.Conv3d(4, 2, (1, 3, 3), padding=(0, 1, 1), groups=2), (4, 3, 5, 5)),
     ("sj-conv1d", lambda: layer.Conv1d(4, 6, 3, padding=1, step_mode="m"), (4, 9)),

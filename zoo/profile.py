@@ -32,6 +32,7 @@ default), ``fp16`` (1.5 / 0.4 pJ) and ``int8`` (0.23 / 0.03 pJ).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass, field
 
@@ -97,10 +98,6 @@ class Profile:
         return {**self.summary(), "layers": [asdict(l) for l in self.layers]}
 
 
-_CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
-_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
-
-
 def _dense_macs(module: nn.Module, x: torch.Tensor, out: torch.Tensor) -> int:
     if isinstance(module, nn.modules.conv._ConvNd):
         k = math.prod(module.kernel_size)
@@ -110,31 +107,43 @@ def _dense_macs(module: nn.Module, x: torch.Tensor, out: torch.Tensor) -> int:
     return out.numel() * module.in_features  # Linear
 
 
+@functools.lru_cache(maxsize=1024)
+def _reach_1d(length: int, out_len: int, k: int, stride: int, left: int, dilation: int, transposed: bool) -> torch.Tensor:
+    """For each input position along one dimension: how many (output position, kernel tap) pairs it feeds."""
+    taps = torch.arange(k) * dilation
+    if transposed:  # input i, tap t writes output i * stride - left + t * dilation
+        o = torch.arange(length)[:, None] * stride - left + taps
+        return ((o >= 0) & (o < out_len)).sum(1).double()
+    i = (torch.arange(out_len)[:, None] * stride - left + taps).flatten()  # output o, tap t reads input i
+    return torch.bincount(i[(i >= 0) & (i < length)], minlength=length).double()
+
+
 @torch.no_grad()
-def _event_acs(module: nn.Module, counts: torch.Tensor, out: torch.Tensor) -> int:
-    """Exact number of weight accumulates that ``counts`` (|c| events per input) trigger."""
-    a = counts.abs().to(torch.float64)
+def _event_acs(module: nn.Module, events: torch.Tensor, out: torch.Tensor) -> int:
+    """Exact number of weight accumulates that ``events`` (|count| per input) trigger.
+
+    A conv's fan-out of an input position is the same for every channel and is a
+    product over the spatial dimensions, so the events are summed over batch and
+    channels and weighted by that reach: no convolution is run.
+    """
     if isinstance(module, nn.Linear):
-        return int(a.sum().item()) * module.out_features
+        return int(events.sum(dtype=torch.float64).item()) * module.out_features
     if not isinstance(module, nn.modules.conv._ConvNd):
         raise ZooError(f"cannot count events for {type(module).__name__}")
-    g, k, nd = module.groups, module.kernel_size, len(module.kernel_size)
-    a = a.reshape(-1, *a.shape[a.ndim - nd - 1:])  # [N, C, *spatial]: unbatched, or [T, B, ...] (SpikingJelly)
+    nd = len(module.kernel_size)
+    per_position = events.reshape(-1, *events.shape[events.ndim - nd:]).sum(0, dtype=torch.float64)  # [*spatial]
     if module.transposed:
-        ones = torch.ones(module.in_channels, 1, *k, dtype=torch.float64, device=a.device)
-        natural = [(i - 1) * s - 2 * p + d * (kk - 1) + 1 for i, s, p, d, kk in
-                   zip(a.shape[2:], module.stride, module.padding, module.dilation, k)]
-        out_pad = [o - n for o, n in zip(out.shape[out.ndim - nd:], natural)]  # as forward(output_size=...) chose
-        reach = _CONV_T[nd](a, ones, None, module.stride, module.padding, out_pad, g, module.dilation)
-        return int(reach.sum().item()) * (module.out_channels // g)
-    ones = torch.ones(g, module.in_channels // g, *k, dtype=torch.float64, device=a.device)
-    if module.padding_mode != "zeros":  # padded values are copies of real inputs
-        a = F.pad(a, module._reversed_padding_repeated_twice, mode=module.padding_mode)
-        padding = 0
-    else:
-        padding = module.padding
-    reach = _CONV[nd](a, ones, None, module.stride, padding, module.dilation, g)  # [N, g, ...]
-    return int(reach.sum().item()) * (module.out_channels // g)
+        lefts = module.padding
+    elif module.padding_mode != "zeros":  # padded values are copies of real inputs: their events count too
+        per_position = F.pad(per_position[None, None], module._reversed_padding_repeated_twice, mode=module.padding_mode)[0, 0]
+        lefts = (0,) * nd
+    else:  # zero padding ("same" included: the odd pixel goes right)
+        lefts = module._reversed_padding_repeated_twice[-2::-2]
+    reach = torch.ones((), dtype=torch.float64)
+    for d, (length, out_len) in enumerate(zip(per_position.shape, out.shape[out.ndim - nd:])):
+        r = _reach_1d(length, out_len, module.kernel_size[d], module.stride[d], lefts[d], module.dilation[d], module.transposed)
+        reach = reach.unsqueeze(-1) * r.to(per_position.device)
+    return int((per_position * reach).sum().item()) * (module.out_channels // module.groups)
 
 
 def _params(module: nn.Module) -> int:
@@ -175,8 +184,9 @@ class _Counter:
                 s.macs += dense
                 return
             counts = x if scale == 1.0 else torch.round(x / scale)
-        s.acs += _event_acs(module, counts, out)
-        s.input_rate = float(counts.abs().float().mean())
+        events = counts.abs()
+        s.acs += _event_acs(module, events, out)
+        s.input_rate = float(events.float().mean())
 
     def count_neuron(self, name: str, module: nn.Module, out: torch.Tensor, scale: float) -> None:
         s = self.stats.setdefault(name, LayerStats(name, type(module).__name__))
