@@ -214,8 +214,8 @@ def test_spikes_pass_through_value_preserving_ops(between):
     lambda s: torch.cat([s, torch.ones_like(s)], dim=2),
     lambda s: torch.cat([s, s / 2], dim=2),
     _write_into_view,
-], ids=["times-one", "dropout-training", "plus-zero", "pad-with-one", "avg-pool", "bilinear", "cat-with-real", "cat-with-half",
-        "written-in-place"])
+], ids=["times-one", "dropout-training", "plus-zero", "pad-with-one", "avg-pool", "bilinear", "cat-with-real",
+        "cat-with-half", "written-in-place"])
 def test_computed_tensors_are_not_spikes(between):
     row, _ = _spikes_in(between)
     assert row.acs == 0 and row.macs > 0
@@ -225,7 +225,8 @@ CONVS = [
     ("conv1d", lambda: nn.Conv1d(4, 6, 3, stride=2, padding=1), (4, 9)),
     ("conv1d-dilated-grouped", lambda: nn.Conv1d(4, 8, 3, padding=3, dilation=3, groups=4), (4, 9)),
     ("conv2d-depthwise", lambda: nn.Conv2d(4, 4, 3, padding=1, groups=4), (4, 7, 6)),
-    ("conv2d-strided-dilated", lambda: nn.Conv2d(4, 6, (3, 2), stride=(2, 1), padding=(2, 0), dilation=(2, 1)), (4, 7, 6)),
+    ("conv2d-strided-dilated",
+     lambda: nn.Conv2d(4, 6, (3, 2), stride=(2, 1), padding=(2, 0), dilation=(2, 1)), (4, 7, 6)),
     ("conv2d-same", lambda: nn.Conv2d(4, 2, 4, padding="same"), (4, 7, 6)),
     ("conv2d-replicate", lambda: nn.Conv2d(4, 2, 3, padding=1, padding_mode="replicate"), (4, 7, 6)),
     ("conv2d-reflect-strided", lambda: nn.Conv2d(4, 2, 3, stride=2, padding=(2, 1), padding_mode="reflect"), (4, 7, 6)),

@@ -108,7 +108,8 @@ def _dense_macs(module: nn.Module, x: torch.Tensor, out: torch.Tensor) -> int:
 
 
 @functools.lru_cache(maxsize=1024)
-def _reach_1d(length: int, out_len: int, k: int, stride: int, left: int, dilation: int, transposed: bool) -> torch.Tensor:
+def _reach_1d(length: int, out_len: int, k: int, stride: int, left: int, dilation: int,
+              transposed: bool) -> torch.Tensor:
     """For each input position along one dimension: how many (output position, kernel tap) pairs it feeds."""
     taps = torch.arange(k) * dilation
     if transposed:  # input i, tap t writes output i * stride - left + t * dilation
@@ -135,13 +136,15 @@ def _event_acs(module: nn.Module, events: torch.Tensor, out: torch.Tensor) -> in
     if module.transposed:
         lefts = module.padding
     elif module.padding_mode != "zeros":  # padded values are copies of real inputs: their events count too
-        per_position = F.pad(per_position[None, None], module._reversed_padding_repeated_twice, mode=module.padding_mode)[0, 0]
+        pads = module._reversed_padding_repeated_twice
+        per_position = F.pad(per_position[None, None], pads, mode=module.padding_mode)[0, 0]
         lefts = (0,) * nd
     else:  # zero padding ("same" included: the odd pixel goes right)
         lefts = module._reversed_padding_repeated_twice[-2::-2]
     reach = torch.ones((), dtype=torch.float64)
     for d, (length, out_len) in enumerate(zip(per_position.shape, out.shape[out.ndim - nd:])):
-        r = _reach_1d(length, out_len, module.kernel_size[d], module.stride[d], lefts[d], module.dilation[d], module.transposed)
+        r = _reach_1d(length, out_len, module.kernel_size[d], module.stride[d], lefts[d], module.dilation[d],
+                      module.transposed)
         reach = reach.unsqueeze(-1) * r.to(per_position.device)
     return int((per_position * reach).sum().item()) * (module.out_channels // module.groups)
 
