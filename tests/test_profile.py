@@ -63,9 +63,11 @@ def test_same_numbers_in_spike_mode(tiny):
     assert a.firing_rate == pytest.approx(b.firing_rate)
 
 
-def test_binary_input_to_plain_layer_is_ac_and_real_is_mac():
+def test_plain_layer_is_ac_when_fed_by_a_neuron_and_mac_otherwise():
     lin = nn.Linear(4, 3)
-    assert zoo.profile(lin, torch.tensor([[1.0, 0.0, 1.0, 1.0]])).acs == 9
+    spikes = torch.tensor([[1.0, 0.0, 1.0, 1.0]])
+    assert zoo.profile(nn.Sequential(neurons.MultiSpike(D=1), lin), spikes).acs == 9
+    assert zoo.profile(lin, spikes).macs == 12  # 0/1 values that no neuron emitted are not spikes
     assert zoo.profile(lin, torch.tensor([[2.0, 0.0, 1.0, 1.0]])).macs == 12
 
 

@@ -2,16 +2,26 @@
 
 Energy = E_MAC x MACs + E_AC x ACs, where
 
-* a weight layer whose input is real-valued (the first layer, or any layer
-  not fed by spikes) costs MACs: one per multiply-accumulate of the dense op;
-* a weight layer fed by a count neuron (a :class:`neurons.Synapse`, or a
-  plain layer whose input is exactly binary) costs ACs: one per unit event
-  per synapse it reaches. A count of ``c`` is ``|c|`` events, so integer
-  counts are counted as ``|c|``-many accumulates, never as MACs.
+* a weight layer (any ``nn.Conv1d/2d/3d``, ``nn.ConvTranspose*d`` or
+  ``nn.Linear``, subclasses included: the zoo's synapses, SpikingJelly's
+  ``layer.Conv2d`` / ``layer.Linear``, layers inside a ``SeqToANNContainer``)
+  whose input is a spiking neuron's output costs ACs: one per unit event per
+  synapse it reaches. A count of ``c`` is ``|c|`` events, so integer counts
+  are counted as ``|c|``-many accumulates, never as MACs;
+* any other weight layer (the first layer, or any layer not fed by spikes)
+  costs MACs: one per multiply-accumulate of the dense op.
 
-AC counts are exact (each input's count times its real fan-out, borders and
-strides included), not ``rate x dense FLOPs``. The paper convention
-``SOP = fr x T x FLOPs`` is the same number up to border effects.
+Spiking neurons are the zoo's count neurons and SpikingJelly's spiking nodes
+(``LIFNode``, ``IFNode``, ``ILIFNode``, ...). Whether a layer's input is their
+output is decided by where the tensor came from, never by its values
+(:mod:`zoo.provenance`): views, reshapes, indexing, cat, zero padding, max
+pooling and nearest upsampling of spikes are spikes; a float image of 0/1
+pixels is not. A synapse layer (:class:`neurons.Synapse`) is built for a
+count neuron and reads the counts behind its input with ``input_counts``.
+
+AC counts are exact (each input's count times its real fan-out, borders,
+strides, dilation and groups included), not ``rate x dense FLOPs``. The paper
+convention ``SOP = fr x T x FLOPs`` is the same number up to border effects.
 Operations outside Conv/Linear layers (attention matmuls, norms, additions)
 are not counted; models that need them counted wrap them in layers.
 
@@ -22,6 +32,7 @@ default), ``fp16`` (1.5 / 0.4 pJ) and ``int8`` (0.23 / 0.03 pJ).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass, field
 
@@ -32,9 +43,8 @@ from spikingjelly.activation_based.op_counter import SimpleEnergyCostConfig
 from torch import nn
 
 import neurons
-from neurons.nodes import is_count_neuron
-
 from .errors import ZooError
+from .provenance import SpikeTracker, spiking_neuron_scale
 
 PRESETS = {"fp32": SimpleEnergyCostConfig.fp32, "fp16": SimpleEnergyCostConfig.fp16, "int8": SimpleEnergyCostConfig.int8}
 
@@ -88,34 +98,105 @@ class Profile:
         return {**self.summary(), "layers": [asdict(l) for l in self.layers]}
 
 
-def _dense_macs(module: nn.Module, out: torch.Tensor) -> int:
+def _dense_macs(module: nn.Module, x: torch.Tensor, out: torch.Tensor) -> int:
     if isinstance(module, nn.modules.conv._ConvNd):
-        return out.numel() * (module.in_channels // module.groups) * math.prod(module.kernel_size)
+        k = math.prod(module.kernel_size)
+        if module.transposed:  # every input scatters to out/groups channels x kernel taps
+            return x.numel() * (module.out_channels // module.groups) * k
+        return out.numel() * (module.in_channels // module.groups) * k
     return out.numel() * module.in_features  # Linear
 
 
+@functools.lru_cache(maxsize=1024)
+def _reach_1d(length: int, out_len: int, k: int, stride: int, left: int, dilation: int,
+              transposed: bool) -> torch.Tensor:
+    """For each input position along one dimension: how many (output position, kernel tap) pairs it feeds."""
+    taps = torch.arange(k) * dilation
+    if transposed:  # input i, tap t writes output i * stride - left + t * dilation
+        o = torch.arange(length)[:, None] * stride - left + taps
+        return ((o >= 0) & (o < out_len)).sum(1).double()
+    i = (torch.arange(out_len)[:, None] * stride - left + taps).flatten()  # output o, tap t reads input i
+    return torch.bincount(i[(i >= 0) & (i < length)], minlength=length).double()
+
+
 @torch.no_grad()
-def _event_acs(module: nn.Module, counts: torch.Tensor) -> int:
-    """Exact number of weight accumulates that ``counts`` (|c| events per input) trigger."""
-    a = counts.abs().to(torch.float64)
+def _event_acs(module: nn.Module, events: torch.Tensor, out: torch.Tensor) -> int:
+    """Exact number of weight accumulates that ``events`` (|count| per input) trigger.
+
+    A conv's fan-out of an input position is the same for every channel and is a
+    product over the spatial dimensions, so the events are summed over batch and
+    channels and weighted by that reach: no convolution is run.
+    """
     if isinstance(module, nn.Linear):
-        return int(a.sum().item()) * module.out_features
-    if isinstance(module, nn.modules.conv._ConvNd) and not module.transposed:
-        g = module.groups
-        ones = torch.ones(g, module.in_channels // g, *module.kernel_size, dtype=torch.float64, device=a.device)
-        conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[a.ndim - 2]
-        if module.padding_mode != "zeros":  # padded values are copies of real inputs
-            a = F.pad(a, module._reversed_padding_repeated_twice, mode=module.padding_mode)
-            padding = 0
+        return int(events.sum(dtype=torch.float64).item()) * module.out_features
+    if not isinstance(module, nn.modules.conv._ConvNd):
+        raise ZooError(f"cannot count events for {type(module).__name__}")
+    nd = len(module.kernel_size)
+    per_position = events.reshape(-1, *events.shape[events.ndim - nd:]).sum(0, dtype=torch.float64)  # [*spatial]
+    if module.transposed:
+        lefts = module.padding
+    elif module.padding_mode != "zeros":  # padded values are copies of real inputs: their events count too
+        pads = module._reversed_padding_repeated_twice
+        per_position = F.pad(per_position[None, None], pads, mode=module.padding_mode)[0, 0]
+        lefts = (0,) * nd
+    else:  # zero padding ("same" included: the odd pixel goes right)
+        lefts = module._reversed_padding_repeated_twice[-2::-2]
+    reach = torch.ones((), dtype=torch.float64)
+    for d, (length, out_len) in enumerate(zip(per_position.shape, out.shape[out.ndim - nd:])):
+        r = _reach_1d(length, out_len, module.kernel_size[d], module.stride[d], lefts[d], module.dilation[d],
+                      module.transposed)
+        reach = reach.unsqueeze(-1) * r.to(per_position.device)
+    return int((per_position * reach).sum().item()) * (module.out_channels // module.groups)
+
+
+def _params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters(recurse=False))
+
+
+class _Counter:
+    """The forward hooks: neurons tag their outputs and record firing; weight layers count MACs or ACs."""
+
+    def __init__(self, tracker: SpikeTracker):
+        self.tracker = tracker
+        self.stats: dict[str, LayerStats] = {}
+
+    def weight_hook(self, name: str):
+        def hook(module, args, kwargs, out):
+            x = args[0] if args else next(iter(kwargs.values()))
+            with torch._C.DisableTorchFunction():  # the counting itself is not the model's: do not track it
+                self.count_layer(name, module, x, out)
+        return hook
+
+    def neuron_hook(self, name: str):
+        def hook(module, args, out):
+            scale = spiking_neuron_scale(module)  # read per call: a Ternary's gamma may be recalibrated
+            self.tracker.mark(out, scale)
+            with torch._C.DisableTorchFunction():
+                self.count_neuron(name, module, out, scale)
+        return hook
+
+    def count_layer(self, name: str, module: nn.Module, x: torch.Tensor, out: torch.Tensor) -> None:
+        s = self.stats.setdefault(name, LayerStats(name, type(module).__name__, _params(module)))
+        dense = _dense_macs(module, x, out)
+        s.dense_ops += dense
+        if isinstance(module, neurons.Synapse):  # built for a count neuron: it knows its counts
+            counts = module.input_counts(x)
         else:
-            padding = module.padding
-        reach = conv(a, ones, None, module.stride, padding, module.dilation, g)  # [N, g, ...]
-        return int(reach.sum().item()) * (module.out_channels // g)
-    raise ZooError(f"cannot count events for {type(module).__name__}")
+            scale = self.tracker.spike_scale(x)
+            if scale is None:  # not a spiking neuron's output, whatever its values
+                s.macs += dense
+                return
+            counts = x if scale == 1.0 else torch.round(x / scale)
+        events = counts.abs()
+        s.acs += _event_acs(module, events, out)
+        s.input_rate = float(events.float().mean())
 
-
-def _is_binary(x: torch.Tensor) -> bool:
-    return bool(((x == 0) | (x == 1)).all())
+    def count_neuron(self, name: str, module: nn.Module, out: torch.Tensor, scale: float) -> None:
+        s = self.stats.setdefault(name, LayerStats(name, type(module).__name__))
+        rate = float((out / scale).abs().float().mean())
+        n_prev = s.neurons
+        s.neurons += out.numel()
+        s.firing_rate = rate if s.firing_rate is None else (s.firing_rate * n_prev + rate * out.numel()) / s.neurons
 
 
 def profile(model: nn.Module, *inputs, preset: str = "fp32", **kwargs) -> Profile:
@@ -128,53 +209,26 @@ def profile(model: nn.Module, *inputs, preset: str = "fp32", **kwargs) -> Profil
     cost = PRESETS[preset]()
     result = Profile(preset=preset, e_mac_pj=cost.e_mac_pj, e_ac_pj=cost.e_ac_pj,
                      params=sum(p.numel() for p in model.parameters()))
-    stats: dict[str, LayerStats] = {}
+    tracker = SpikeTracker()
+    counter = _Counter(tracker)
     hooks = []
-
-    def weight_hook(name):
-        def hook(module, args, out):
-            (x,) = args[:1]
-            s = stats.setdefault(name, LayerStats(name, type(module).__name__, sum(p.numel() for p in module.parameters(recurse=False))))
-            dense = _dense_macs(module, out)
-            s.dense_ops += dense
-            if isinstance(module, neurons.Synapse):
-                counts = module.input_counts(x)
-            elif _is_binary(x):
-                counts = x
-            else:
-                s.macs += dense
-                return
-            s.acs += _event_acs(module, counts)
-            s.input_rate = float(counts.abs().float().mean())
-        return hook
-
-    def neuron_hook(name):
-        def hook(module, args, out):
-            s = stats.setdefault(name, LayerStats(name, type(module).__name__))
-            counts = (out / module.levels.scale).abs()
-            n_prev = s.neurons
-            s.neurons += out.numel()
-            rate = float(counts.float().mean())
-            s.firing_rate = rate if s.firing_rate is None else (s.firing_rate * n_prev + rate * out.numel()) / s.neurons
-        return hook
-
     for name, m in model.named_modules():
         if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)):
-            hooks.append(m.register_forward_hook(weight_hook(name)))
-        elif is_count_neuron(m):
-            hooks.append(m.register_forward_hook(neuron_hook(name)))
+            hooks.append(m.register_forward_hook(counter.weight_hook(name), with_kwargs=True))
+        elif spiking_neuron_scale(m) is not None:
+            hooks.append(m.register_forward_hook(counter.neuron_hook(name)))
     was_training = model.training
     try:
         model.eval()
         functional.reset_net(model)
-        with torch.no_grad():
+        with torch.no_grad(), tracker:
             model(*inputs, **kwargs)
     finally:
         for h in hooks:
             h.remove()
         model.train(was_training)
         functional.reset_net(model)
-    for s in stats.values():
+    for s in counter.stats.values():
         s.energy_pj = s.macs * cost.e_mac_pj + s.acs * cost.e_ac_pj
-    result.layers = list(stats.values())
+    result.layers = list(counter.stats.values())
     return result
