@@ -10,7 +10,7 @@ import torch
 import neurons
 
 from . import checkpoint, hub
-from .errors import WeightsError, ZooError
+from .errors import WeightsError, ZooError, one_line
 from .registry import get, info
 
 MODES = ("integer", "spike")
@@ -81,7 +81,13 @@ def load(
         state = None
     if state is not None:
         if set(state) != set(model.state_dict()):  # an official checkpoint: map its keys to ours
-            state = _converter(converter)(state)
+            try:
+                state = _converter(converter)(state)
+            except ZooError:
+                raise
+            except Exception as e:  # a crafted or foreign state dict the converter cannot read
+                raise WeightsError(f"{source} cannot be converted for {name} ({type(e).__name__}: {one_line(e, 160)}); "
+                                   "is it the checkpoint for this model?") from None
         load_state(model, state, source)
     if mode == "spike":
         neurons.to_spike_driven(model)
