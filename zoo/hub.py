@@ -256,6 +256,14 @@ def check_url(url: str, came_from: str | None = None) -> str:
 
 
 class _Redirects(urllib.request.HTTPRedirectHandler):
+    def http_error_302(self, req, fp, code, msg, headers):
+        location = headers.get("Location") or headers.get("URI")
+        if location:  # checked before urllib's own scheme test, which would only say "HTTP 302"
+            check_url(urllib.parse.urljoin(req.full_url, location), req.full_url)
+        return super().http_error_302(req, fp, code, msg, headers)
+
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
+
     def redirect_request(self, req, fp, code, msg, headers, newurl):
         check_url(urllib.parse.urljoin(req.full_url, newurl), req.full_url)
         return super().redirect_request(req, fp, code, msg, headers, newurl)
@@ -334,7 +342,7 @@ def download(url: str, dest: Path, e: WeightsEntry | None = None, progress: bool
         start = part.stat().st_size if part.exists() else 0
         left = deadline - time.monotonic()
         if left <= 0:
-            raise OfflineError(f"download of {dest.name} from {url} stalled: not complete after {DEADLINE:.0f} s; "
+            raise OfflineError(f"download of {dest.name} from {url} stalled: not complete after {DEADLINE:g} s; "
                                f"run the same command again to resume from {part}")
         try:
             resp = _open(url, start, timeout=min(TIMEOUT, left))
@@ -358,7 +366,7 @@ def download(url: str, dest: Path, e: WeightsEntry | None = None, progress: bool
                 continue
             if start and (resp.status != 206 or _content_range_start(resp) != start):
                 start = 0  # the server ignored (or misanswered) the Range header: start over
-            total = start + resp.length if resp.length is not None else None
+            total = start + resp.length if resp.length is not None else (e.size or None)  # None: unknown
             if total is not None and total > limit:
                 raise OfflineError(f"{url} announces {total} bytes for {dest.name}, the manifest "
                                    f"{'says ' + str(e.size) if e.size else 'allows at most ' + str(MAX_BYTES)}; nothing was kept")
@@ -367,7 +375,7 @@ def download(url: str, dest: Path, e: WeightsEntry | None = None, progress: bool
             part.unlink()
             raise OfflineError(f"{url} sent more than {limit} bytes for {dest.name}; nothing was kept")
         if not cut and (total is None or size == total):
-            if total is None and not resp.chunked and not (e.size or e.sha256):
+            if resp.length is None and not resp.chunked and not (e.size or e.sha256):
                 part.unlink()  # close-delimited: a cut connection looks exactly like the end
                 raise OfflineError(f"{url} sent {dest.name} without a Content-Length and the manifest has no size or "
                                    "sha256, so a complete transfer cannot be told from a cut one; nothing was pinned")
