@@ -240,8 +240,12 @@ def _atomic_save(obj, path: Path) -> None:
 def _read_resume(path) -> dict:
     """A ``last.pt`` of :func:`train`, read safely; a missing, truncated or foreign file is one ZooError line."""
     from zoo.checkpoint import read
+    from zoo.errors import WeightsError
 
-    ck = read(path)
+    try:
+        ck = read(path)
+    except WeightsError as e:
+        raise ZooError(f"cannot resume: {e}") from None
     need = ("model", "ema", "updates", "optimizer", "epoch")
     if not isinstance(ck, dict) or any(k not in ck for k in need) or not isinstance(ck["epoch"], int):
         raise ZooError(f"--resume {path} is not a last.pt of `zoo train` (it needs {', '.join(need)})")
