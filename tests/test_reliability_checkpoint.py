@@ -119,6 +119,16 @@ def _drop_data_pkl(path: Path) -> Path:
     return path
 
 
+def _raw(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def _safetensors_header(header: dict) -> bytes:
+    text = json.dumps(header).encode()
+    return len(text).to_bytes(8, "little") + text
+
+
 def _polyglot(path: Path) -> Path:
     """A pickle that runs a command, followed by a valid torch zip (whose directory zipfile finds at the end)."""
     buf = io.BytesIO()
@@ -226,10 +236,18 @@ ATTACKS = {
     "legacy_truncated": (lambda p: legacy(p, state_dict(tensor(persid(S("storage"), FLOAT_STORAGE, S("0"), S("cpu"), I(2), b"N"))),
                                           keys=["0"], data=struct.pack("<q", 2) + b"\0" * 3),
                          r"corrupt or truncated torch file"),
+    "safetensors_header_past_file": (lambda p: _raw(p, (50_000_000).to_bytes(8, "little") + b'{"w": 1}'),
+                                     r"is a corrupt safetensors file \("),
+    "safetensors_offsets_past_file": (lambda p: _raw(p, _safetensors_header(
+        {"w": {"dtype": "F32", "shape": [1000000000], "data_offsets": [0, 4000000000]}})),
+        r"is a corrupt safetensors file \("),
+    "safetensors_shape_vs_offsets": (lambda p: _raw(p, _safetensors_header(
+        {"w": {"dtype": "F32", "shape": [1000, 1000], "data_offsets": [0, 8]}}) + b"\0" * 8),
+        r"is a corrupt safetensors file \("),
     "polyglot_pickle_then_zip": (lambda p: _polyglot(p),
         r"unsafe to load: refusing to load os\.system"),
 }
-BIG = {"bytearray_4GB", "bytearray8_opcode_4GB", "memo_index_2e28", "frame_4GB", "numpy_scalar_4GB_void",
+BIG = {"safetensors_offsets_past_file", "bytearray_4GB", "bytearray8_opcode_4GB", "memo_index_2e28", "frame_4GB", "numpy_scalar_4GB_void",
        "numpy_reconstruct_1e10", "torch_tensor_4e9", "storage_bigger_than_record", "zero_stride_1e12",
        "legacy_storage_4GB", "numpy_array_shape_vs_data", "float_storage_call"}
 

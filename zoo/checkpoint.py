@@ -512,7 +512,7 @@ def read(path: str | Path) -> object:
     """Read a checkpoint file safely, whatever its format; raise :class:`WeightsError` with advice."""
     path = Path(path)
     if not path.is_file():
-        raise WeightsError(f"weights file {path} does not exist" + (" (it is a folder)" if path.is_dir() else ""))
+        raise WeightsError(f"weights file {path} " + ("is not a regular file" if path.exists() else "does not exist"))
     try:
         kind = sniff(path)
     except OSError as e:
