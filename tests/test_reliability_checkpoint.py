@@ -344,3 +344,13 @@ def test_legit_files_still_load(tmp_path):
             obj["s"], obj["fs"], obj["b"], obj["size"], obj["c"], obj["sl"])
         sd = checkpoint.to_state_dict({k: got[k] for k in ("w", "p", "h")})
         assert set(sd) == {"w", "p", "h"} and sd["h"].dtype == torch.float32
+
+
+@pytest.mark.parametrize("make", [lambda: torch.tensor(1.0), lambda: torch.zeros(3), lambda: torch.zeros(0, 0, 1, 1)])
+def test_state_dict_the_converter_chokes_on_is_one_line(tmp_path, capsys, make):
+    """Keys a converter looks for, tensors of shapes it cannot read: before, an IndexError/ValueError traceback."""
+    keys = ["model.1.encode_conv.weight", "model.25.conv1.body.2.1.weight", "model.26.cv3.0.2.conv.weight"]
+    torch.save({k: make() for k in keys}, tmp_path / "odd.pt")
+    code = cli.main(["profile", "spikeyolo-tiny-shapes", "--weights", str(tmp_path / "odd.pt")])
+    out, err = capsys.readouterr()
+    assert code == 2 and err.count("\n") == 1 and "cannot be converted for spikeyolo-tiny-shapes" in err

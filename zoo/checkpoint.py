@@ -505,7 +505,7 @@ def _read_torch(path: Path, kind: str):
         raise WeightsError(f"{path} is unsafe to load: {one_line(e, 200)}; only tensors and official model classes are allowed") from None
     except Exception as e:  # any other failure of a crafted or damaged file: one line
         raise WeightsError(f"{path} is a corrupt or truncated torch file ({type(e).__name__}: "
-                           f"{one_line(e, 160) or 'no message'}); download it again") from None
+                           f"{one_line(e, 160) or 'the file ends early'}); download it again") from None
 
 
 def read(path: str | Path) -> object:
