@@ -439,3 +439,34 @@ def test_two_processes_fetching_one_file_both_get_it_verified(tmp_path, monkeypa
     assert [p for p, _ in srv.log] == ["/w.bin"]  # one transfer; the other process waited and verified
     assert cached(zoo_home) == ["demo.bin", "demo.bin.sha256"]
     assert (zoo_home / "demo.bin.sha256").read_text().strip() == SHA and not list(zoo_home.rglob("*.part"))
+
+
+@pytest.mark.parametrize("answer,match", [
+    (b"HELLO THERE\r\n\r\n", "gave a malformed answer"),
+    (b"HTTP/1.1 200 OK\r\n" + b"X: y\r\n" * 200 + b"\r\n", "gave a malformed answer"),
+    (b"HTTP/1.1 302 Found\r\nLocation: https://a\x01b/ x\r\n\r\n", "malformed answer|refusing to download"),
+    (b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 9999\r\n\r\n<html><form", "web page"),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n", "interrupted"),
+])
+def test_malformed_answers_are_one_line(tmp_path, monkeypatch, zoo_home, server, answer, match):
+    base, srv = server
+    srv.routes["/w.bin"] = lambda h: h.wfile.write(answer)
+    monkeypatch.setattr(hub, "RETRIES", 0)
+    manifest(tmp_path, monkeypatch, base + "/w.bin", sha=False, size=False)
+    with pytest.raises(OfflineError, match=match) as err:
+        hub.fetch("demo", progress=False)
+    one_line(err)
+    assert cached(zoo_home) == []
+
+
+def test_redownload_must_match_the_first_use_pin(tmp_path, monkeypatch, zoo_home, server, capsys):
+    """Trust on first use: once pinned, a later download (the file was deleted) must be the same file."""
+    base, srv = server
+    srv.routes["/w.bin"] = ranged(PAYLOAD)
+    manifest(tmp_path, monkeypatch, base + "/w.bin", sha=False, size=False)
+    hub.fetch("demo", progress=False).unlink()
+    srv.routes["/w.bin"] = ranged(PAYLOAD[::-1])  # the source now serves something else
+    with pytest.raises(WeightsError, match="failed verification.*expected f5e9677bbd305f63"):
+        hub.fetch("demo", progress=False)
+    assert cached(zoo_home) == ["demo.bin.sha256"] and (zoo_home / "demo.bin.sha256").read_text().strip() == SHA
+    assert capsys.readouterr().err.count("trusting this first download") == 1

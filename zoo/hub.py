@@ -30,6 +30,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import html.parser
 import http.client
@@ -307,7 +308,11 @@ class _Page(html.parser.HTMLParser):
 def _gdrive_confirm_url(page: str, base: str) -> str | None:
     """Google Drive answers large files with an HTML 'virus scan' page whose form confirms the download."""
     parser = _Page()
-    parser.feed(page)
+    try:
+        parser.feed(page)
+        parser.close()
+    except Exception:  # html.parser is lenient; whatever it still rejects is no confirm page
+        return None
     forms = [f for f in parser.forms if f[0].get("action")]
     forms.sort(key=lambda f: f[0].get("id") != "download-form")
     if forms:
@@ -332,7 +337,11 @@ def download(url: str, dest: Path, e: WeightsEntry | None = None, progress: bool
     part = _writable(dest.parent / PARTIAL) / (dest.name + ".part")  # outside the cache proper: never loaded
     e = e or WeightsEntry(key=dest.name, file=dest.name, format="")
     check_url(url)
-    if not e.sha256:
+    part.with_name(part.name + ".sha256").unlink(missing_ok=True)  # only verify() below writes it
+    pinned = "" if e.sha256 else read_pin(dest.with_name(dest.name + ".sha256"), dest)
+    if pinned:  # downloaded before and pinned then: a new download must be the same file
+        e = dataclasses.replace(e, sha256=pinned)
+    elif not e.sha256:
         print(f"zoo: warning: the manifest has no sha256 for {e.file} ({e.key}): trusting this first download "
               f"from {url} and pinning its hash in {dest.name}.sha256 (checked on every later load)", file=sys.stderr)
     limit = e.size or MAX_BYTES
@@ -354,12 +363,18 @@ def download(url: str, dest: Path, e: WeightsEntry | None = None, progress: bool
                 part.unlink()
                 continue
             raise OfflineError(f"{url} answered HTTP {err.code}") from None
-        except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
+        except (urllib.error.URLError, OSError) as err:
             raise OfflineError(f"network unreachable for {url} ({one_line(getattr(err, 'reason', err), 120)})") from None
+        except (http.client.HTTPException, ValueError) as err:  # a malformed answer, or a URL with control characters
+            raise OfflineError(f"{one_line(url, 120)} gave a malformed answer ({type(err).__name__}: {one_line(err, 120)})") from None
         with resp:
             if resp.headers.get_content_type() == "text/html":
                 pages += 1
-                confirm = _gdrive_confirm_url(resp.read(PAGE_BYTES).decode("utf-8", "replace"), resp.geturl())
+                try:
+                    page = resp.read(PAGE_BYTES).decode("utf-8", "replace")
+                except (OSError, http.client.HTTPException) as err:
+                    raise OfflineError(f"{url} returned a web page that broke off ({type(err).__name__})") from None
+                confirm = _gdrive_confirm_url(page, resp.geturl())
                 if not confirm or pages > 3:
                     raise OfflineError(f"{url} returned a web page, not a file (quota exceeded or access denied?)")
                 url = confirm
