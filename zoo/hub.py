@@ -385,15 +385,15 @@ def download(url: str, dest: Path, e: WeightsEntry | None = None, progress: bool
             if total is not None and total > limit:
                 raise OfflineError(f"{url} announces {total} bytes for {dest.name}, the manifest "
                                    f"{'says ' + str(e.size) if e.size else 'allows at most ' + str(MAX_BYTES)}; nothing was kept")
+            if resp.length is None and not resp.chunked and not (e.size or e.sha256):
+                part.unlink(missing_ok=True)  # close-delimited: a cut connection looks exactly like the end
+                raise OfflineError(f"{url} sends {dest.name} without a Content-Length and the manifest has no size or "
+                                   "sha256, so a complete transfer cannot be told from a cut one; nothing was pinned")
             cut, size = _transfer(resp, part, start, total, limit, deadline, dest.name, progress)
         if size > limit:
             part.unlink()
             raise OfflineError(f"{url} sent more than {limit} bytes for {dest.name}; nothing was kept")
         if not cut and (total is None or size == total):
-            if resp.length is None and not resp.chunked and not (e.size or e.sha256):
-                part.unlink()  # close-delimited: a cut connection looks exactly like the end
-                raise OfflineError(f"{url} sent {dest.name} without a Content-Length and the manifest has no size or "
-                                   "sha256, so a complete transfer cannot be told from a cut one; nothing was pinned")
             break
         if total is not None and size > total:
             part.unlink()  # more than announced: start over
