@@ -18,6 +18,11 @@ def payload(tmp_path):
     return path.read_bytes()
 
 
+def _data_files(home):
+    """Files under the cache, but the (empty) download locks."""
+    return [p.relative_to(home) for p in home.rglob("*") if p.is_file() and p.suffix != ".lock"]
+
+
 def _manifest(tmp_path, monkeypatch, text):
     path = tmp_path / "manifest.toml"
     path.write_text(text)
@@ -50,7 +55,7 @@ def test_wrong_hash_leaves_nothing(tmp_path, monkeypatch, zoo_home, http_server,
     _manifest(tmp_path, monkeypatch, _entry(base + "/w.safetensors", payload))
     with pytest.raises(WeightsError, match="failed verification"):
         hub.fetch("demo", progress=False)
-    assert not [p for p in zoo_home.rglob("*") if p.is_file()]  # nothing half-written kept anywhere
+    assert not _data_files(zoo_home)  # nothing half-written kept anywhere
 
 
 def test_interrupted_download_resumes(tmp_path, monkeypatch, zoo_home, http_server, payload):
@@ -84,8 +89,7 @@ def test_truncated_download_without_hash_is_not_pinned(tmp_path, monkeypatch, zo
     with pytest.raises(OfflineError, match="interrupted.*resume"):
         hub.fetch("demo", progress=False)
     # nothing in the cache: only the partial file, set aside for resuming, which is never loaded
-    assert [p.relative_to(zoo_home) for p in zoo_home.rglob("*") if p.is_file()] == [
-        Path(hub.PARTIAL) / "demo.safetensors.part"]
+    assert _data_files(zoo_home) == [Path(hub.PARTIAL) / "demo.safetensors.part"]
 
 
 def test_unverified_entry_pins_first_hash_and_checks_every_load(tmp_path, monkeypatch, zoo_home, http_server, payload):

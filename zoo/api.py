@@ -9,7 +9,7 @@ import torch
 import neurons
 
 from . import checkpoint, hub, plugin
-from .errors import WeightsError, ZooError
+from .errors import WeightsError, ZooError, one_line
 from .registry import ModelCard, get, info
 
 MODES = ("integer", "spike")
@@ -19,7 +19,13 @@ OWN_FORMATS = ("safetensors", "torch")  # files holding the zoo's own keys: load
 def convert(card: ModelCard, state: dict, fmt: str, source: str) -> dict:
     """Map a checkpoint of format ``fmt`` to ``card``'s keys with the converter the card names for it."""
     if fmt in card.converters:
-        return plugin.load_object(card.converters[fmt])(state)
+        try:
+            return plugin.load_object(card.converters[fmt])(state)
+        except ZooError:
+            raise
+        except Exception as e:  # a crafted or foreign state dict the converter cannot read
+            raise WeightsError(f"{source} cannot be converted for {card.name} ({type(e).__name__}: {one_line(e, 160)}); "
+                               "is it the checkpoint for this model?") from None
     if fmt in OWN_FORMATS:
         return state
     known = ", ".join(["the zoo's safetensors / state dicts", *(f"official {f} files" for f in card.converters)])

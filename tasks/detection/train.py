@@ -233,9 +233,24 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, accumulate: int) -> torc
 
 
 def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    from zoo.fileio import atomic_write
+
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def _read_resume(path) -> dict:
+    """A ``last.pt`` of :func:`train`, read safely; a missing, truncated or foreign file is one ZooError line."""
+    from zoo.checkpoint import read
+    from zoo.errors import WeightsError
+
+    try:
+        ck = read(path)
+    except WeightsError as e:
+        raise ZooError(f"cannot resume: {e}") from None
+    need = ("model", "ema", "updates", "optimizer", "epoch")
+    if not isinstance(ck, dict) or any(k not in ck for k in need) or not isinstance(ck["epoch"], int):
+        raise ZooError(f"--resume {path} is not a last.pt of `zoo train` (it needs {', '.join(need)})")
+    return ck
 
 
 # ----------------------------------------------------------------------------- loop
@@ -278,11 +293,14 @@ def train(model: nn.Module, train_set, val_set=None, cfg: TrainConfig | None = N
     ema = ModelEMA(model)
     start_epoch, best, metrics = 0, -1.0, {}
     if resume:
-        ck = torch.load(resume, map_location="cpu", weights_only=True)
-        model.load_state_dict(ck["model"])
-        ema.ema.load_state_dict(ck["ema"])
+        ck = _read_resume(resume)
+        try:
+            model.load_state_dict(ck["model"])
+            ema.ema.load_state_dict(ck["ema"])
+            optimizer.load_state_dict(ck["optimizer"])
+        except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise ZooError(f"--resume {resume} does not fit this model ({str(e).splitlines()[0][:160]})") from None
         ema.updates = ck["updates"]
-        optimizer.load_state_dict(ck["optimizer"])
         start_epoch, best = ck["epoch"] + 1, ck.get("best_fitness", -1.0)
         if main:
             log(f"resumed from {resume} at epoch {start_epoch}")

@@ -31,6 +31,7 @@ import torch
 
 from zoo import hub
 from zoo.checkpoint import save_safetensors
+from zoo.fileio import atomic_write_text
 from zoo.errors import WeightsError, ZooError
 
 from .sdllm import SDLLMConfig, convert, replace_structure, unpack_state, pack_state
@@ -153,14 +154,21 @@ def _read_calib_texts(calib_file: str | os.PathLike | None) -> list[str] | None:
     return [path.read_text(encoding="utf-8")]
 
 
-def _verify_cached(path: Path) -> bool:
-    pin = path.with_name(path.name + ".sha256")
+def _verify_cached(path: Path) -> dict | None:
+    """The cached model's info (its ``.json``) if the cache entry is whole, else None (it is converted again)."""
+    pin, meta = path.with_name(path.name + ".sha256"), path.with_name(path.name + ".json")
     if not pin.exists():
-        return False
-    if hub.sha256_file(path) != pin.read_text().strip():
-        warnings.warn(f"cached SDLLM model {path} is corrupt (sha256 mismatch); converting again", stacklevel=3)
-        return False
-    return True
+        return None
+    try:
+        ok = hub.sha256_file(path) == hub.read_pin(pin, path)
+        info = json.loads(meta.read_text(encoding="utf-8")) if meta.exists() else {}
+        ok = ok and isinstance(info, dict)
+    except (WeightsError, OSError, ValueError):  # a damaged pin or info file
+        ok = False
+    if not ok:
+        warnings.warn(f"cached SDLLM model {path} is corrupt (sha256 or info mismatch); converting again", stacklevel=3)
+        return None
+    return info
 
 
 def build_sdllm(name: str, hf_repo: str | None, base=None, *, D: int = 7, clip: int | None = None, w_bits: int = 4,
@@ -194,7 +202,8 @@ def build_sdllm(name: str, hf_repo: str | None, base=None, *, D: int = 7, clip: 
     key = cache_key(name, path_base, config, calib_spec, dtype)
     cached = hub.cache_dir() / CACHE_SUBDIR / f"{name}-{key}.safetensors"
 
-    if cache and cached.exists() and _verify_cached(cached):
+    meta = _verify_cached(cached) if cache and cached.exists() else None
+    if meta is not None:
         from safetensors.torch import load_file
 
         try:
@@ -207,7 +216,6 @@ def build_sdllm(name: str, hf_repo: str | None, base=None, *, D: int = 7, clip: 
         if getattr(model.config, "tie_word_embeddings", False) and hasattr(model, "tie_weights"):
             model.tie_weights()  # to_empty (meta -> cpu) gives tied parameters separate storage
         unpack_state(model, state)
-        meta = json.loads((cached.with_name(cached.name + ".json")).read_text()) if cached.with_name(cached.name + ".json").exists() else {}
         model.sdllm = {**meta, "cache": str(cached), "from_cache": True}
         return model.eval()
 
@@ -229,7 +237,7 @@ def build_sdllm(name: str, hf_repo: str | None, base=None, *, D: int = 7, clip: 
     if cache:
         cached.parent.mkdir(parents=True, exist_ok=True)
         save_safetensors(pack_state(model), cached, metadata={"model": name, "key": key})
-        (cached.with_name(cached.name + ".json")).write_text(json.dumps(info, indent=1))
-        (cached.with_name(cached.name + ".sha256")).write_text(hub.sha256_file(cached) + "\n")
+        atomic_write_text(cached.with_name(cached.name + ".json"), json.dumps(info, indent=1))
+        atomic_write_text(cached.with_name(cached.name + ".sha256"), hub.sha256_file(cached) + "\n")  # last: the seal
     model.sdllm = {**info, "cache": str(cached) if cache else None, "from_cache": False}
     return model.eval()
