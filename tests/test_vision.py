@@ -13,7 +13,7 @@ import neurons
 from zoo.errors import ZooError
 from zoo.profiling import profile
 from zoo.vision import (IMAGE_SUFFIXES, PAD_VALUE, find_images, image_files, image_tensor, letterbox, load_image,
-                        profile_first_sample, to_pil)
+                        load_mask, profile_first_sample, to_pil)
 
 
 def _save(tmp_path, name, im, **kw):
@@ -117,6 +117,25 @@ def test_to_pil_round_trip(tmp_path):
     assert pil.mode == "RGB" and pil.size == (7, 5) and np.array_equal(np.asarray(pil), rgb)
 
 
+def test_load_mask(tmp_path):
+    labels = np.random.default_rng(3).integers(0, 21, (9, 13), dtype=np.uint8)
+    labels[0, :3] = 255  # VOC's "void" border
+    pal = Image.fromarray(labels, "P")
+    pal.putpalette(list(np.random.default_rng(4).integers(0, 256, 768, dtype=np.uint8)))
+    m = load_mask(_save(tmp_path, "m.png", pal))
+    assert m.dtype == torch.int64 and m.shape == (9, 13) and torch.equal(m, torch.from_numpy(labels).long())
+    assert torch.equal(load_mask(_save(tmp_path, "g.png", Image.fromarray(labels))), m)  # grey: the value
+    g16 = (labels.astype(np.uint16) * 1000)
+    assert torch.equal(load_mask(_save(tmp_path, "g16.png", Image.fromarray(g16))), torch.from_numpy(g16.astype(np.int64)))
+    with pytest.raises(ZooError) as e:
+        load_mask(_save(tmp_path, "rgb.png", Image.fromarray(np.dstack([labels] * 3))))
+    _one_line(e, "rgb.png", "palette or grey")
+    (tmp_path / "bad.png").write_bytes(b"junk")
+    with pytest.raises(ZooError) as e:
+        load_mask(tmp_path / "bad.png")
+    _one_line(e, "bad.png", "cannot decode")
+
+
 # ------------------------------------------------------------------------------------------ letterbox
 
 
@@ -165,6 +184,18 @@ def test_letterbox_leading_dims_and_antialias():
     smooth, _, _ = letterbox(frames[0], 60)
     ref = F.interpolate(frames[0][None], size=(50, 60), mode="bilinear", align_corners=False, antialias=True)[0]
     assert torch.equal(smooth[:, 5:55], ref.clamp(0, 1)) and not torch.allclose(smooth, plain, atol=1e-2)
+
+
+def test_letterbox_nearest_for_masks():
+    mask = torch.tensor([[0, 1], [2, 3]], dtype=torch.uint8).repeat_interleave(5, 0).repeat_interleave(7, 1)[None]
+    out, r, pad = letterbox(mask, 28, mode="nearest", pad_value=255)  # 10x14 -> 20x28, 4 rows above and below
+    assert out.dtype == torch.uint8 and out.shape == (1, 28, 28) and r == 2 and pad == (0, 4)
+    assert set(out.unique().tolist()) == {0, 1, 2, 3, 255}  # no blended labels
+    assert (out[0, :4] == 255).all() and (out[0, 24:] == 255).all() and out[0, 4, 0] == 0 and out[0, 23, 27] == 3
+    image, _, image_pad = letterbox(torch.rand(3, 10, 14), 28)
+    assert image_pad == pad and image.shape[-2:] == out.shape[-2:]  # the mask lands where its image does
+    with pytest.raises(ZooError, match="mode"):
+        letterbox(mask, 28, mode="bicubic")
 
 
 # ------------------------------------------------------------------------------------------ finding images

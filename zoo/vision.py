@@ -24,7 +24,9 @@ made on the stored pixels). A missing, unreadable, corrupt or truncated file rai
 :class:`ZooError` with one line that starts with the path. :func:`to_pil` turns such a tensor back
 into an 8-bit RGB PIL image (exactly the file's pixels for 8-bit files).
 
-:func:`letterbox` resizes keeping the aspect ratio and pads with grey 114, as ultralytics does;
+:func:`load_mask` reads a segmentation label mask (palette index or grey value, ``int64 [H, W]``).
+:func:`letterbox` resizes keeping the aspect ratio and pads with grey 114, as ultralytics does
+(``mode="nearest"`` for masks);
 :func:`find_images` lists the image files named by paths and folders (:data:`IMAGE_SUFFIXES`);
 :func:`profile_first_sample` runs :func:`zoo.profile` on the first sample of a batch or data set.
 """
@@ -41,7 +43,7 @@ import torch.nn.functional as F
 
 from .errors import ZooError
 
-__all__ = ["IMAGE_SUFFIXES", "PAD_VALUE", "load_image", "image_tensor", "to_pil", "file_error", "letterbox", "letterbox_geometry",
+__all__ = ["IMAGE_SUFFIXES", "PAD_VALUE", "load_image", "load_mask", "image_tensor", "to_pil", "file_error", "letterbox", "letterbox_geometry",
            "image_files", "find_images", "model_device_dtype", "profile_first_sample"]
 
 # Image file suffixes the zoo reads (lower case): ultralytics' IMG_FORMATS plus the other formats
@@ -66,6 +68,27 @@ def load_image(path: str | Path, exif: bool = True) -> torch.Tensor:
     :class:`ZooError` (one line, starting with the path) for a missing file, a folder, a file that
     is not an image, and a corrupt, truncated or oversized one.
     """
+    return _read(path, exif, image_tensor)
+
+
+def load_mask(path: str | Path, exif: bool = True) -> torch.Tensor:
+    """Read a label mask (segmentation) as ``int64 [H, W]``: the palette index of a palette image
+    (VOC, ADE20K style: the index is the class, the colours are only for viewing), the value of a
+    grey image (``L``, ``I;16``, ``I``). Colour (RGB) masks raise: they need a colour -> class table.
+    ``exif`` and the errors as :func:`load_image`."""
+
+    def indices(im):
+        if im.mode not in ("P", "L", "I") and not im.mode.startswith("I;16"):
+            raise ZooError(f"{path}: a label mask must be a palette or grey image, not {im.mode}; "
+                           "map colours to class indices first")
+        return torch.from_numpy(np.asarray(im).astype(np.int64))
+
+    return _read(path, exif, indices)
+
+
+def _read(path, exif: bool, convert):
+    """Open ``path`` with PIL, apply the EXIF orientation if ``exif``, return ``convert(image)``;
+    every failure a one-line ZooError that starts with the path."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = Path(path)
@@ -78,15 +101,16 @@ def load_image(path: str | Path, exif: bool = True) -> torch.Tensor:
             im.load()
             if exif:
                 im = ImageOps.exif_transpose(im) or im
-            return image_tensor(im)
+            return convert(im)
     except UnidentifiedImageError:
         raise file_error(path, f"cannot decode the image: not an image file PIL reads ({_FORMATS}); "
-                         "replace or remove the file") from None
+                               "replace or remove the file") from None
     except Image.DecompressionBombError as e:
         raise file_error(path, f"cannot decode the image: too large to decode safely ({e}); downscale it first") from None
     except (OSError, SyntaxError, ValueError) as e:
         detail = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise file_error(path, f"cannot decode the image: corrupt or truncated ({detail}); replace or remove the file") from None
+        raise file_error(path, f"cannot decode the image: corrupt or truncated ({detail}); "
+                               "replace or remove the file") from None
 
 
 def image_tensor(im) -> torch.Tensor:
@@ -169,6 +193,7 @@ def letterbox(
     shape: tuple[int, int] | None = None,
     pad_value: int = PAD_VALUE,
     antialias: bool | None = None,
+    mode: str = "bilinear",
 ) -> tuple[torch.Tensor, float, tuple[int, int]]:
     """Resize ``image`` ``[..., C, H, W]`` to fit ``imgsz`` keeping its aspect ratio, then pad.
 
@@ -181,23 +206,31 @@ def letterbox(
     ``imgsz`` itself. ``scaleup=False`` never enlarges. The padding is split evenly, the odd pixel
     right / bottom (ultralytics' ``round(pad / 2 -+ 0.1)``), filled with ``pad_value`` / 255.
     Resizing is bilinear; ``antialias`` (default: when shrinking, close to cv2's INTER_AREA that
-    ultralytics' validation loader uses) low-pass filters first.
+    ultralytics' validation loader uses) low-pass filters first. ``mode="nearest"`` is for label
+    masks (``[..., H, W]`` from :func:`load_mask` as ``[1, H, W]``): nearest-neighbour resizing, the
+    dtype and the values kept, padding with ``pad_value`` itself (e.g. 255, the usual ignore index).
     """
+    if mode not in ("bilinear", "nearest"):
+        raise ZooError(f"letterbox mode must be 'bilinear' or 'nearest', got {mode!r}")
     if not isinstance(image, torch.Tensor) or image.dim() < 3:
         raise ZooError(f"letterbox expects an image tensor [C, H, W], got {getattr(image, 'shape', type(image).__name__)}")
-    if not image.is_floating_point():
+    nearest = mode == "nearest"
+    if not nearest and not image.is_floating_point():
         image = image.float().div(255)
     h, w = image.shape[-2:]
     r, (nh, nw), (ch, cw), (left, top) = letterbox_geometry(h, w, imgsz, stride, auto, scaleup, shape)
     if (nh, nw) != (h, w):
         lead = image.shape[:-3]
-        flat = image.reshape(-1, *image.shape[-3:]).float()
-        flat = F.interpolate(flat, size=(nh, nw), mode="bilinear", align_corners=False,
-                             antialias=r < 1 if antialias is None else antialias).clamp_(0, 1)
+        flat = image.reshape(-1, *image.shape[-3:])
+        if nearest:
+            flat = F.interpolate(flat.double(), size=(nh, nw), mode="nearest").to(image.dtype)
+        else:
+            flat = F.interpolate(flat.float(), size=(nh, nw), mode="bilinear", align_corners=False,
+                                 antialias=r < 1 if antialias is None else antialias).clamp_(0, 1)
         image = flat.reshape(*lead, *flat.shape[-3:])
     dh, dw = ch - nh, cw - nw
     if dh or dw:
-        image = F.pad(image, (left, dw - left, top, dh - top), value=pad_value / 255.0)
+        image = F.pad(image, (left, dw - left, top, dh - top), value=pad_value if nearest else pad_value / 255.0)
     return image, r, (left, top)
 
 
