@@ -43,8 +43,8 @@ import torch.nn.functional as F
 
 from .errors import ZooError
 
-__all__ = ["IMAGE_SUFFIXES", "PAD_VALUE", "load_image", "load_mask", "image_tensor", "to_pil", "file_error", "letterbox", "letterbox_geometry",
-           "image_files", "find_images", "model_device_dtype", "profile_first_sample"]
+__all__ = ["IMAGE_SUFFIXES", "PAD_VALUE", "load_image", "load_mask", "image_tensor", "to_pil", "file_error",
+           "letterbox", "letterbox_geometry", "image_files", "find_images", "model_device_dtype", "profile_first_sample"]
 
 # Image file suffixes the zoo reads (lower case): ultralytics' IMG_FORMATS plus the other formats
 # PIL decodes that photos and frames come in.

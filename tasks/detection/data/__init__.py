@@ -39,8 +39,6 @@ One module per format: :mod:`.coco`, :mod:`.yolo`, :mod:`.voc`, :mod:`.gen1`, :m
 
 from __future__ import annotations
 
-from zoo.vision import IMAGE_SUFFIXES, load_image
-
 from ..classes import COCO80_TO_COCO91, EVDET200K_CLASSES, GEN1_NAMES, VOC_CLASSES
 from .coco import COCODataset
 from .common import DetectionDataset, Letterbox, collate, flatten_targets, load_names, read_config
@@ -51,8 +49,8 @@ from .voc import VOCDataset
 from .yolo import YOLODataset
 
 __all__ = [
-    "IMAGE_SUFFIXES", "VOC_CLASSES", "GEN1_NAMES", "EVDET200K_CLASSES", "COCO80_TO_COCO91", "GEN1_SENSOR",
+    "VOC_CLASSES", "GEN1_NAMES", "EVDET200K_CLASSES", "COCO80_TO_COCO91", "GEN1_SENSOR",
     "DetectionDataset", "COCODataset", "YOLODataset", "VOCDataset", "Gen1Dataset", "EvDET200KDataset",
-    "Letterbox", "collate", "flatten_targets", "load_dataset", "load_image", "read_prophesee_dat", "load_names",
+    "Letterbox", "collate", "flatten_targets", "load_dataset", "read_prophesee_dat", "load_names",
     "read_config",
 ]
