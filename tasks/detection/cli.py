@@ -106,6 +106,7 @@ def run_predict(args) -> None:
             counts[d["class_name"]] = counts.get(d["class_name"], 0) + 1
         found = ", ".join(f"{n} {c}" for c, n in counts.items()) or "nothing"
         print(f"{im['file']} ({im['width']}x{im['height']}): {found} -> {im['annotated']}")
+    print("\n".join(res.report()))
     if res.profile is not None:
         print(_energy_line(res.profile))
     print(f"detections written to {res.json_path}")
@@ -134,9 +135,13 @@ def run_eval(args) -> None:
         except OSError as e:
             raise ZooError(f"cannot write {args.save_json} ({e})") from None
     if args.json:
-        print(json.dumps({"name": args.target, "data": str(args.data), "mode": args.mode, **res.to_dict()}, indent=2))
+        print(json.dumps({"name": args.target, "data": str(args.data), "mode": args.mode, **res.to_dict(),
+                          "boxes_dropped": getattr(dataset, "dropped", 0), "boxes_clipped": getattr(dataset, "clipped", 0)},
+                         indent=2))
         return
     print(f"{args.target} on {args.data}: {res.images} images at {imgsz}, {args.mode} mode")
+    if getattr(dataset, "box_summary", None) and dataset.box_summary():
+        print(dataset.box_summary())
     print(f"mAP@50 {res.map50 * 100:.2f}  mAP@50:95 {res.map50_95 * 100:.2f}  (pycocotools, against {res.ground_truth})")
     if res.energy_mj is not None:
         fr = res.firing_rate
@@ -212,6 +217,9 @@ def run_train(args) -> None:
 
     metrics = train(model, train_set, val_set, cfg=cfg, out=args.out, resume=resume, device=_device(args.device),
                     evaluate=validate)
+    for data in (train_set, val_set):
+        if data.box_summary():
+            print(data.box_summary())
     if metrics:
         print(json.dumps(metrics) if args.json else
               f"done: epoch {metrics['epoch']}, mAP@50 {metrics.get('map50', float('nan')) * 100:.2f}; "

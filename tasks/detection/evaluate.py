@@ -35,7 +35,10 @@ import torch
 
 from zoo.errors import ZooError
 
-from .postprocess import COCO80_TO_COCO91, letterbox, model_output, non_max_suppression, scale_boxes, val_shape
+from zoo.vision import letterbox, model_device_dtype, profile_first_sample
+
+from .classes import COCO80_TO_COCO91
+from .postprocess import model_output, non_max_suppression, scale_boxes, val_shape
 
 STAT_NAMES = ("mAP50:95", "mAP50", "mAP75", "mAP_small", "mAP_medium", "mAP_large",
               "AR1", "AR10", "AR100", "AR_small", "AR_medium", "AR_large")
@@ -197,25 +200,6 @@ class DetectionEval:
         return d
 
 
-def _device_of(model: torch.nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
-def _dtype_of(model: torch.nn.Module) -> torch.dtype:
-    p = next((p for p in model.parameters() if p.is_floating_point()), None)
-    return p.dtype if p is not None else torch.float32
-
-
-def _letterbox_frames(image: torch.Tensor, imgsz: int, stride: int, canvas):
-    """:func:`letterbox` for [3, H, W] images and [T, 3, H, W] frame stacks (every frame alike)."""
-    if image.dim() == 3:
-        return letterbox(image, imgsz, stride, shape=canvas)
-    t = image.shape[0]
-    out, ratio, pad = letterbox(image.reshape(t * 3, *image.shape[-2:]), imgsz, stride, shape=canvas)
-    return out.reshape(t, 3, *out.shape[-2:]), ratio, pad
-
-
 def _check_item(item, index: int):
     try:
         image, target = item
@@ -252,7 +236,7 @@ def evaluate(
     ultralytics sorts the whole data set by aspect ratio before batching; this
     does not, so with ``batch_size > 1`` canvases can be larger than theirs
     (``batch_size=1`` gives each image its own validation shape).
-    ``energy``: profile the first image with :func:`zoo.profile`.
+    ``energy``: profile the first image with :func:`zoo.vision.profile_first_sample`.
     ``ground_truth``: ``"auto"`` (the data set's ``annotation_file`` if it has
     one, else its targets), ``"targets"``, or the path of a COCO instances JSON
     (labels mapped by the data set's ``category_ids`` if it has them).
@@ -260,12 +244,10 @@ def evaluate(
     from spikingjelly.activation_based import functional
     from tqdm import tqdm
 
-    from zoo.profiling import profile as zoo_profile
-
     if imgsz <= 0 or batch_size <= 0:
         raise ZooError(f"imgsz and batch size must be positive, got {imgsz} and {batch_size}")
     model.eval()
-    device, dtype = _device_of(model), _dtype_of(model)
+    device, dtype = model_device_dtype(model)
     detections, targets = [], []
     result = DetectionEval(0.0, 0.0, 0, imgsz=imgsz)
     total = None
@@ -279,10 +261,10 @@ def evaluate(
     def run(batch):
         images = [im for im, _ in batch]
         canvas = val_shape([im.shape[-2:] for im in images], imgsz, stride) if rect else (imgsz, imgsz)
-        boxed = [_letterbox_frames(im, imgsz, stride, canvas) for im in images]
+        boxed = [letterbox(im, imgsz, stride, shape=canvas) for im in images]  # [T, 3, H, W] frames alike
         x = torch.stack([b[0] for b in boxed]).to(device=device, dtype=dtype)
         if energy and result.energy_mj is None:
-            p = zoo_profile(model, x[:1])
+            p = profile_first_sample(model, x)
             result.firing_rate, result.energy_mj, result.macs, result.acs = p.firing_rate, p.energy_mj, p.macs, p.acs
         functional.reset_net(model)
         y = model_output(model(x))

@@ -1,15 +1,18 @@
-"""Detection pre- and post-processing: image loading, letterbox, NMS, box rescaling, COCO names.
+"""Detection post-processing: NMS, box rescaling, the validation canvas.
 
 The semantics follow ultralytics 8.0.197 (the version SpikeYOLO vendors), written
 here from its documented behaviour; no ultralytics code is used:
 
-* :func:`letterbox` resizes keeping the aspect ratio and pads with grey 114,
-  splitting the padding evenly (the odd pixel goes right / bottom);
 * :func:`non_max_suppression` keeps boxes whose best class probability is
   *strictly* above ``conf``, runs class-aware NMS at ``iou`` and keeps at most
   ``max_det`` boxes by score; ``multi_label=True`` (validation) turns every
   (box, class) pair above ``conf`` into a candidate;
-* :func:`scale_boxes` undoes the padding and the ratio and clips to the image.
+* :func:`scale_boxes` undoes :func:`zoo.vision.letterbox` (the padding and the
+  ratio) and clips to the image;
+* :func:`val_shape` is the canvas of ultralytics' rectangular validation.
+
+Image reading and the letterbox live in :mod:`zoo.vision`, the class tables and
+the COCO category table in :mod:`tasks.detection.classes`.
 
 Model output contract: ``[B, 4 + nc, A]`` with boxes ``(cx, cy, w, h)`` in
 input pixels and class probabilities after the sigmoid, or a tuple whose first
@@ -19,19 +22,14 @@ element is that tensor.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 import torchvision
 
 from zoo.errors import ZooError
 
-PAD_VALUE = 114  # ultralytics' letterbox grey, in 0..255
-
-from .classes import COCO80_TO_COCO91, COCO91_TO_COCO80, COCO_NAMES, GEN1_NAMES  # noqa: E402,F401  (re-exported)
+from .classes import COCO80_TO_COCO91, COCO91_TO_COCO80, COCO_NAMES, GEN1_NAMES  # noqa: F401  (re-exported)
 
 
 def class_names(nc: int, names: Sequence[str] | dict | None = None) -> list[str]:
@@ -47,115 +45,7 @@ def class_names(nc: int, names: Sequence[str] | dict | None = None) -> list[str]
     return [f"class{i}" for i in range(nc)]
 
 
-# --------------------------------------------------------------------------- images
-
-
-def load_image(path: str | Path) -> tuple[torch.Tensor, "PIL.Image.Image"]:  # noqa: F821
-    """Read an image file as ``(tensor [3, H, W] float32 in [0, 1], 8-bit RGB PIL image)``.
-
-    Any mode PIL opens is accepted: RGB, grayscale (copied to three channels),
-    RGBA / LA (alpha dropped, as cv2.imread does for ultralytics), palette,
-    CMYK, 1-bit, and 16-bit or float grayscale (scaled to [0, 1] at full
-    precision). EXIF orientation is applied. Raises :class:`ZooError` for a
-    missing, unreadable or corrupt file.
-    """
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    path = Path(path)
-    if not path.exists():
-        raise ZooError(f"image not found: {path}")
-    if path.is_dir():
-        raise ZooError(f"{path} is a folder, not an image file")
-    try:
-        with Image.open(path) as im:
-            im.load()
-            im = ImageOps.exif_transpose(im) or im
-            gray = _gray_high_precision(im)
-            if gray is not None:
-                tensor = torch.from_numpy(gray).unsqueeze(0).expand(3, -1, -1).contiguous()
-                rgb = Image.fromarray(np.round(gray * 255).astype(np.uint8), "L").convert("RGB")
-                return tensor, rgb
-            if im.mode in ("P", "PA") and ("transparency" in im.info or im.mode == "PA"):
-                im = im.convert("RGBA")
-            rgb = im.convert("RGB")
-    except UnidentifiedImageError:
-        raise ZooError(f"{path} is not an image file that can be read (JPEG, PNG, BMP, TIFF, WebP, ...)") from None
-    except Image.DecompressionBombError as e:
-        raise ZooError(f"{path} is too large to decode safely ({e}); downscale it first") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        raise ZooError(f"{path} is corrupt or truncated ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
-    tensor = torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).float().div_(255)
-    return tensor, rgb
-
-
-def _gray_high_precision(im) -> np.ndarray | None:
-    """A [H, W] float32 array in [0, 1] for 16-bit / 32-bit / float grayscale images, else None."""
-    if im.mode.startswith("I;16"):
-        return np.asarray(im).astype(np.float32) / 65535.0
-    if im.mode == "I":
-        a = np.asarray(im).astype(np.float64)
-        top = 65535.0 if a.size == 0 or (a.min() >= 0 and a.max() <= 65535) else max(float(a.max()), 1.0)
-        return np.clip(a / top, 0, 1).astype(np.float32)
-    if im.mode == "F":
-        a = np.nan_to_num(np.asarray(im).astype(np.float64))
-        top = 1.0 if a.size == 0 or a.max() <= 1 else float(a.max())
-        return np.clip(a / top, 0, 1).astype(np.float32)
-    return None
-
-
-# --------------------------------------------------------------------------- letterbox
-
-
-def letterbox(
-    image: torch.Tensor,
-    imgsz: int | tuple[int, int] = 640,
-    stride: int = 32,
-    auto: bool = False,
-    scaleup: bool = True,
-    shape: tuple[int, int] | None = None,
-    pad_value: int = PAD_VALUE,
-) -> tuple[torch.Tensor, float, tuple[int, int]]:
-    """Resize ``image`` [3, H, W] to fit ``imgsz`` keeping its aspect ratio, then pad.
-
-    Returns ``(padded [3, H', W'] float in [0, 1], ratio, (pad_left, pad_top))``;
-    a point ``p`` of the original maps to ``p * ratio + pad``.
-
-    The canvas: ``shape`` (h, w) if given (e.g. a validation batch shape from
-    :func:`val_shape`), else the smallest multiple of ``stride`` around the
-    resized image if ``auto`` (ultralytics' predict), else ``imgsz`` itself.
-    ``scaleup=False`` never enlarges. Downscaling is antialiased (close to
-    cv2's INTER_AREA that ultralytics' validation loader uses), upscaling bilinear.
-    """
-    if not isinstance(image, torch.Tensor) or image.dim() != 3:
-        raise ZooError(f"letterbox expects an image tensor [C, H, W], got {getattr(image, 'shape', type(image).__name__)}")
-    if not image.is_floating_point():
-        image = image.float().div(255)
-    h, w = image.shape[-2:]
-    if h == 0 or w == 0:
-        raise ZooError(f"cannot letterbox an empty image of size {h}x{w}")
-    th, tw = (imgsz, imgsz) if isinstance(imgsz, int) else (int(imgsz[0]), int(imgsz[1]))
-    if th <= 0 or tw <= 0:
-        raise ZooError(f"image size must be positive, got {imgsz}")
-    r = min(th / h, tw / w)
-    if not scaleup:
-        r = min(r, 1.0)
-    nh, nw = max(int(round(h * r)), 1), max(int(round(w * r)), 1)
-    if shape is not None:
-        ch, cw = int(shape[0]), int(shape[1])
-        if ch < nh or cw < nw:
-            raise ValueError(f"canvas {ch}x{cw} is smaller than the resized image {nh}x{nw}")
-    elif auto:
-        ch, cw = math.ceil(nh / stride) * stride, math.ceil(nw / stride) * stride
-    else:
-        ch, cw = th, tw
-    if (nh, nw) != (h, w):
-        image = F.interpolate(image[None].float(), size=(nh, nw), mode="bilinear", align_corners=False,
-                              antialias=r < 1)[0].clamp_(0, 1)
-    dh, dw = ch - nh, cw - nw
-    top, left = dh // 2, dw // 2
-    if dh or dw:
-        image = F.pad(image, (left, dw - left, top, dh - top), value=pad_value / 255.0)
-    return image, r, (left, top)
+# --------------------------------------------------------------------------- canvas
 
 
 def val_shape(sizes: Sequence[tuple[int, int]], imgsz: int = 640, stride: int = 32, pad: float = 0.5) -> tuple[int, int]:

@@ -1,16 +1,23 @@
-"""Detect objects in image files or folders: annotated images plus a JSON of the detections.
+"""Detect objects in images: :func:`detect` in memory, :func:`predict` over files and folders.
 
-:func:`predict` letterboxes each image to ``imgsz`` (smallest multiple of the
-stride around it, as ultralytics' predictor), runs NMS at the predict settings
-(``conf=0.25, iou=0.7, max_det=300``), maps boxes back to the original pixels,
-draws them with PIL and writes ``predictions.json`` into the output folder.
-The first image is also profiled with :func:`zoo.profile` (firing rate,
-operations, energy).
+:func:`detect` takes image tensors (the :mod:`zoo.vision` contract, ``[3, H, W]`` in [0, 1]) or PIL
+images, letterboxes each to ``imgsz`` (smallest multiple of the stride around it, as
+ultralytics' predictor), runs NMS at the predict settings (``conf=0.25, iou=0.7, max_det=300``)
+and maps the boxes back to the original pixels.
+
+:func:`predict` is :func:`detect` plus files: it reads each image with
+:func:`zoo.vision.load_image`, draws the boxes with PIL, writes the annotated copies and
+``predictions.json`` into the output folder, profiles the first image with
+:func:`zoo.vision.profile_first_sample` (firing rate, operations, energy) and times the detection
+(frames per second). A file that cannot be read is reported and counted
+(:attr:`Prediction.skipped`) and the others are still predicted; only when no file can be read
+does it raise.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -18,41 +25,16 @@ from typing import Sequence
 import torch
 
 from zoo.errors import ZooError
+from zoo.vision import find_images, image_tensor, letterbox, load_image, model_device_dtype, profile_first_sample, to_pil
 
-from .postprocess import class_names, letterbox, load_image, model_output, non_max_suppression, scale_boxes
+from .postprocess import class_names, model_output, non_max_suppression, scale_boxes
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".pgm", ".ppm", ".pbm", ".pnm",
-                  ".jfif", ".dng", ".mpo")
 _SAVE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 JSON_NAME = "predictions.json"
 
 _PALETTE = ("#FF3838", "#2C99A8", "#FF9D97", "#48F90A", "#FF701F", "#00C2FF", "#FFB21D", "#3DDB86", "#CFD231",
             "#1A9334", "#00D4BB", "#344593", "#6473FF", "#0018EC", "#8438FF", "#520085", "#CB38FF", "#FF95C8",
             "#FF37C7", "#92CC17")
-
-
-def find_images(sources: Sequence[str | Path]) -> list[Path]:
-    """The image files named by ``sources`` (files as given; folders: their image files, sorted, not recursive).
-
-    Raises :class:`ZooError` for a path that does not exist or a folder without images.
-    """
-    if isinstance(sources, (str, Path)):
-        sources = [sources]
-    if not sources:
-        raise ZooError("no input given; pass an image file or a folder of images")
-    files: list[Path] = []
-    for s in sources:
-        p = Path(s)
-        if p.is_dir():
-            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
-            if not found:
-                raise ZooError(f"no images in folder {p} (looked for {', '.join(IMAGE_SUFFIXES[:6])}, ...)")
-            files += found
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise ZooError(f"input not found: {p}")
-    return files
 
 
 def _font(size: int):
@@ -86,19 +68,110 @@ def draw_detections(image, detections: Sequence[dict]):
     return im
 
 
+def _check_options(conf: float, iou: float, imgsz: int) -> None:
+    if imgsz <= 0:
+        raise ZooError(f"image size must be positive, got {imgsz}")
+    if not 0 <= conf <= 1 or not 0 <= iou <= 1:
+        raise ZooError(f"--conf and --iou must be in [0, 1], got {conf} and {iou}")
+
+
+def _as_images(images) -> list[torch.Tensor]:
+    """``images`` as a list of ``[3, H, W]`` tensors: a tensor ``[3, H, W]`` or batch ``[B, 3, H, W]``,
+    a PIL image, or a list of those."""
+    if isinstance(images, torch.Tensor):
+        images = [images] if images.dim() == 3 else list(images) if images.dim() == 4 else [images]
+    elif not isinstance(images, (list, tuple)):
+        images = [images]
+    out = []
+    for k, im in enumerate(images):
+        if not isinstance(im, torch.Tensor):
+            if not hasattr(im, "mode") or not hasattr(im, "convert"):
+                raise ZooError(f"image {k}: expected a tensor [3, H, W] or a PIL image, got {type(im).__name__}")
+            im = image_tensor(im)
+        if im.dim() != 3 or im.shape[0] != 3:
+            raise ZooError(f"image {k}: expected an RGB tensor [3, H, W] (or a batch [B, 3, H, W]), got {tuple(im.shape)}")
+        out.append(im)
+    return out
+
+
+@torch.no_grad()
+def detect(
+    model: torch.nn.Module,
+    images,
+    conf: float = 0.25,
+    iou: float = 0.7,
+    imgsz: int = 640,
+    max_det: int = 300,
+    stride: int = 32,
+    names: Sequence[str] | None = None,
+) -> list[dict]:
+    """Detect objects in in-memory images, one at a time (each on its own stride-multiple canvas).
+
+    ``images``: a tensor ``[3, H, W]`` (float in [0, 1], or uint8) or a batch ``[B, 3, H, W]``, a PIL
+    image, or a list of those. Returns one dict per image: ``boxes`` (float32 ``[n, 4]``, ``x1 y1 x2
+    y2`` in the image's pixels), ``scores`` (``[n]``), ``labels`` (int64 ``[n]``) and ``names``
+    (the ``n`` class names), sorted by score. ``names``: class names (default ``model.names``, else
+    COCO's for 80 classes, Gen1's for 2).
+    """
+    from spikingjelly.activation_based import functional
+
+    _check_options(conf, iou, imgsz)
+    model.eval()
+    device, dtype = model_device_dtype(model)
+    names = names if names is not None else getattr(model, "names", None)
+    out = []
+    for image in _as_images(images):
+        h, w = image.shape[-2:]
+        x, ratio, pad = letterbox(image, imgsz, stride, auto=True)
+        functional.reset_net(model)
+        y = model_output(model(x[None].to(device=device, dtype=dtype)))
+        labels = class_names(y.shape[1] - 4, names)
+        det = non_max_suppression(y, conf=conf, iou=iou, max_det=max_det)[0].cpu()
+        cls = det[:, 5].long()
+        out.append({"boxes": scale_boxes(det[:, :4], ratio, pad, (h, w)), "scores": det[:, 4], "labels": cls,
+                    "names": [labels[c] for c in cls.tolist()]})
+    return out
+
+
+def _records(d: dict) -> list[dict]:
+    """One :func:`detect` result as the JSON records of ``predictions.json``."""
+    return [{"box": [round(float(v), 2) for v in b], "class_id": int(c), "class_name": n, "score": round(float(s), 4)}
+            for b, s, c, n in zip(d["boxes"], d["scores"], d["labels"], d["names"])]
+
+
 @dataclass
 class Prediction:
-    """What :func:`predict` wrote: per-image records (as in the JSON), its path, and the first image's profile."""
+    """What :func:`predict` did: per-image records (as in the JSON), its path, the files it could not
+    read, the first image's profile, and the detection time."""
 
     images: list[dict] = field(default_factory=list)
     json_path: Path | None = None
     profile: object | None = None  # zoo.profiling.Profile of the first image
+    skipped: list[dict] = field(default_factory=list)  # {"file", "error"} per unreadable file
+    seconds: float = 0.0  # spent in detect(): letterbox, model, NMS (not reading, drawing or writing)
+
+    @property
+    def fps(self) -> float | None:
+        """Images per second through :func:`detect` (None before any image)."""
+        return len(self.images) / self.seconds if self.images and self.seconds > 0 else None
 
     def to_dict(self) -> dict:
-        d = {"images": self.images, "json": str(self.json_path) if self.json_path else None}
+        d = {"images": self.images, "json": str(self.json_path) if self.json_path else None,
+             "skipped": self.skipped, "seconds": self.seconds, "fps": self.fps}
         if self.profile is not None:
             d["energy"] = self.profile.summary()
         return d
+
+    def report(self) -> list[str]:
+        """Lines for a person: the files skipped and the speed."""
+        lines = [f"skipped {s['error']}" for s in self.skipped]
+        if self.skipped:
+            lines.append(f"{len(self.skipped)} of {len(self.skipped) + len(self.images)} file(s) could not be read "
+                         "and were skipped")
+        if self.fps is not None:
+            lines.append(f"{len(self.images)} image(s) in {self.seconds:.2f} s: {self.fps:.1f} frames/s "
+                         "(letterbox, model, NMS; reading and writing files not included)")
+        return lines
 
 
 def _output_name(src: Path, used: set[str]) -> str:
@@ -110,7 +183,6 @@ def _output_name(src: Path, used: set[str]) -> str:
     return name
 
 
-@torch.no_grad()
 def predict(
     model: torch.nn.Module,
     sources: Sequence[str | Path] | str | Path,
@@ -123,58 +195,49 @@ def predict(
     names: Sequence[str] | None = None,
     energy: bool = True,
 ) -> Prediction:
-    """Detect objects in ``sources`` (image files and/or folders) and write the results into ``out_dir``.
+    """:func:`detect` on ``sources`` (image files and/or folders), with the results written into ``out_dir``.
 
-    Writes one annotated image per input (same name; ``.png`` for formats other
-    than JPEG/PNG/BMP/WebP) and ``predictions.json``: a list of
-    ``{"file", "annotated", "width", "height", "detections": [{"box": [x1, y1, x2, y2]
-    (original pixels), "class_id", "class_name", "score"}]}``. ``names``: class
-    names (default: ``model.names``, else COCO's for 80 classes).
-    ``energy``: profile the first image with :func:`zoo.profile`.
+    Writes one annotated image per input (same name; ``.png`` for formats other than
+    JPEG/PNG/BMP/WebP) and ``predictions.json``: a list of ``{"file", "annotated", "width",
+    "height", "detections": [{"box": [x1, y1, x2, y2] (original pixels), "class_id",
+    "class_name", "score"}]}``. A file that cannot be read goes into ``Prediction.skipped``
+    (``{"file", "error"}``) and the rest are predicted; if none can be read, ZooError.
+    ``energy``: profile the first image with :func:`zoo.vision.profile_first_sample`.
     """
-    from spikingjelly.activation_based import functional
-
-    from zoo.profiling import profile as zoo_profile
-
-    if imgsz <= 0:
-        raise ZooError(f"image size must be positive, got {imgsz}")
-    if not 0 <= conf <= 1 or not 0 <= iou <= 1:
-        raise ZooError(f"--conf and --iou must be in [0, 1], got {conf} and {iou}")
+    _check_options(conf, iou, imgsz)
     files = find_images(sources)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ZooError(f"output path {out} exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
-    model.eval()
-    p = next(model.parameters(), None)
-    device = p.device if p is not None else torch.device("cpu")
-    dtype = p.dtype if p is not None and p.is_floating_point() else torch.float32
-    names = names if names is not None else getattr(model, "names", None)
     result, used = Prediction(), set()
     for path in files:
-        tensor, rgb = load_image(path)
-        h, w = tensor.shape[-2:]
-        x, ratio, pad = letterbox(tensor, imgsz, stride, auto=True)
-        x = x[None].to(device=device, dtype=dtype)
+        try:
+            image = load_image(path)
+        except ZooError as e:
+            result.skipped.append({"file": str(path), "error": str(e)})
+            continue
         if energy and result.profile is None:
-            result.profile = zoo_profile(model, x)
-        functional.reset_net(model)
-        y = model_output(model(x))
-        labels = class_names(y.shape[1] - 4, names)
-        det = non_max_suppression(y, conf=conf, iou=iou, max_det=max_det)[0].cpu()
-        boxes = scale_boxes(det[:, :4], ratio, pad, (h, w))
-        dets = [{"box": [round(float(v), 2) for v in b], "class_id": int(c), "class_name": labels[int(c)],
-                 "score": round(float(s), 4)} for b, s, c in zip(boxes, det[:, 4], det[:, 5])]
+            result.profile = profile_first_sample(model, image, imgsz=imgsz, stride=stride, auto=True)
+        start = time.perf_counter()
+        (det,) = detect(model, image, conf=conf, iou=iou, imgsz=imgsz, max_det=max_det, stride=stride, names=names)
+        result.seconds += time.perf_counter() - start
+        records = _records(det)
         target = out / _output_name(path, used)
         try:
-            draw_detections(rgb, dets).save(target)
+            draw_detections(to_pil(image), records).save(target)
         except OSError as e:
             raise ZooError(f"cannot write {target} ({e})") from None
+        h, w = image.shape[-2:]
         result.images.append({"file": str(path), "annotated": str(target), "width": int(w), "height": int(h),
-                              "detections": dets})
+                              "detections": records})
+    if not result.images:
+        first = result.skipped[0]["error"]
+        more = f" (and {len(result.skipped) - 1} more unreadable file(s))" if len(result.skipped) > 1 else ""
+        raise ZooError(f"no image could be read: {first}{more}")
     result.json_path = out / JSON_NAME
     result.json_path.write_text(json.dumps(result.images, indent=2))
     return result
 
 
-__all__ = ["predict", "find_images", "draw_detections", "Prediction", "IMAGE_SUFFIXES", "JSON_NAME"]
+__all__ = ["detect", "predict", "draw_detections", "Prediction", "JSON_NAME"]

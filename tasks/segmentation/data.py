@@ -50,7 +50,7 @@ def read_image(path: Path) -> torch.Tensor:
     """RGB float ``[3, H, W]`` in [0, 1] (EXIF orientation applied; grey, palette, RGBA and 16-bit converted)."""
     from zoo.vision import load_image
 
-    return load_image(path)[0]
+    return load_image(path)
 
 
 def read_label(path: Path) -> np.ndarray:

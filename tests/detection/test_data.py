@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 import warnings
 
 import numpy as np
@@ -12,8 +11,8 @@ import torch
 from PIL import Image
 
 from tasks.detection.data import (
-    COCO80_TO_91, EVDET200K_CLASSES, VOC_CLASSES, COCODataset, EvDET200KDataset, Gen1Dataset, Letterbox,
-    VOCDataset, YOLODataset, collate, flatten_targets, load_dataset, load_image, load_names, read_prophesee_dat,
+    COCO80_TO_COCO91, EVDET200K_CLASSES, VOC_CLASSES, COCODataset, EvDET200KDataset, Gen1Dataset, Letterbox,
+    VOCDataset, YOLODataset, collate, flatten_targets, load_dataset, load_names, read_prophesee_dat,
 )
 from zoo.errors import ZooError
 
@@ -32,40 +31,17 @@ def _one_line(err: pytest.ExceptionInfo, *parts):
 
 
 # ------------------------------------------------------------------------------------------ images
+# (every image mode and the loader's errors: tests/test_vision.py)
 
-def test_load_image_modes(tmp_path):
-    x = load_image(_png(tmp_path / "rgb.png", 4, 3))
-    assert x.dtype == torch.float32 and x.shape == (3, 3, 4)
+def test_data_sets_read_the_stored_pixel_grid(tmp_path):
+    """Boxes refer to the stored pixels: an EXIF orientation tag does not turn the image."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    _png(tmp_path / "images" / "val" / "a.png", 20, 10).unlink()
+    Image.new("RGB", (20, 10), (255, 0, 51)).save(tmp_path / "images" / "val" / "a.png", exif=exif)
+    x, t = YOLODataset(tmp_path / "images" / "val", ["a"])[0]
+    assert x.shape == (3, 10, 20) and t["orig_size"] == (10, 20)
     assert torch.equal(x[:, 0, 0], torch.tensor([1.0, 0.0, 51 / 255]))
-    g = load_image(_png(tmp_path / "gray.png", 4, 3, color=102, mode="L"))
-    assert g.shape == (3, 3, 4) and torch.allclose(g, torch.full_like(g, 0.4))
-    a = load_image(_png(tmp_path / "rgba.png", 4, 3, color=(10, 20, 30, 0), mode="RGBA"))
-    assert torch.allclose(a[:, 1, 1] * 255, torch.tensor([10.0, 20.0, 30.0]))
-    im = Image.new("P", (4, 3), 1)
-    im.putpalette([0, 0, 0, 200, 100, 50] + [0] * 762)
-    im.info["transparency"] = 0
-    im.save(tmp_path / "pal.png", transparency=0)
-    p = load_image(tmp_path / "pal.png")
-    assert torch.allclose(p[:, 2, 3] * 255, torch.tensor([200.0, 100.0, 50.0]))
-    j = tmp_path / "c.jpg"
-    Image.new("RGB", (8, 6), (0, 128, 255)).save(j, quality=100)
-    assert load_image(j).shape == (3, 6, 8)
-
-
-def test_load_image_missing_corrupt_truncated(tmp_path):
-    with pytest.raises(ZooError) as e:
-        load_image(tmp_path / "nope.png")
-    _one_line(e, "nope.png", "missing")
-    (tmp_path / "junk.png").write_bytes(b"not an image at all")
-    with pytest.raises(ZooError) as e:
-        load_image(tmp_path / "junk.png")
-    _one_line(e, "junk.png", "cannot decode")
-    j = tmp_path / "t.jpg"
-    Image.effect_noise((64, 64), 50).convert("RGB").save(j)
-    j.write_bytes(j.read_bytes()[:300])
-    with pytest.raises(ZooError) as e:
-        load_image(j)
-    _one_line(e, "t.jpg", "cannot decode")
 
 
 # ------------------------------------------------------------------------------------------ COCO
@@ -105,8 +81,8 @@ def test_coco(tmp_path):
     assert t["image_id"] == 42 and t["orig_size"] == (16, 20) and t["file"] == str(img / "a.png")
     x, t = ds[1]
     assert t["image_id"] == 7 and t["boxes"].shape == (0, 4) and t["labels"].shape == (0,)
-    assert len(COCO80_TO_91) == 80 and COCO80_TO_91[:3] == (1, 2, 3) and COCO80_TO_91[-1] == 90
-    assert 12 not in COCO80_TO_91
+    assert len(COCO80_TO_COCO91) == 80 and COCO80_TO_COCO91[:3] == (1, 2, 3) and COCO80_TO_COCO91[-1] == 90
+    assert 12 not in COCO80_TO_COCO91
 
 
 def test_coco_bad_json(tmp_path):
@@ -197,7 +173,7 @@ def test_yolo(tmp_path):
     assert t["file"].endswith("b.png") and t["boxes"].shape == (0, 4)
 
 
-def test_yolo_names_and_data_yaml(tmp_path, monkeypatch):
+def test_yolo_names_and_data_yaml(tmp_path):
     assert load_names({1: "y", 0: "x"}) == ("x", "y")
     (tmp_path / "n.json").write_text(json.dumps({"names": ["p", "q"]}))
     assert load_names(tmp_path / "n.json") == ("p", "q")
@@ -220,16 +196,20 @@ def test_yolo_names_and_data_yaml(tmp_path, monkeypatch):
         "\n"
         "  x: 1\n"
     )
-    for no_yaml in (False, True):
-        if no_yaml:
-            monkeypatch.setitem(sys.modules, "yaml", None)  # the built-in subset reader
-        ds = YOLODataset.from_data_yaml(cfg, "train")
-        assert ds.names == ("people", "electric bicycle", "ping_pong") and len(ds) == 2
-        assert load_names(cfg) == ds.names
-        assert len(YOLODataset.from_data_yaml(cfg, "val")) == 2
+    ds = YOLODataset.from_data_yaml(cfg, "train")
+    assert ds.names == ("people", "electric bicycle", "ping_pong") and len(ds) == 2
+    assert load_names(cfg) == ds.names
+    assert len(YOLODataset.from_data_yaml(cfg, "val")) == 2
     with pytest.raises(ZooError) as e:
         YOLODataset.from_data_yaml(cfg, "test")
     _one_line(e, "data.yaml", "test")
+    # YAML that PyYAML cannot parse, and YAML that is not a mapping: one line naming the file
+    for text, what in (("names: [a, b\nval: images/val\n", "not valid YAML (line"),
+                       ("path: x\n  bad: indent: here\n", "not valid YAML"), ("- just\n- a list\n", "mapping")):
+        cfg.write_text(text)
+        with pytest.raises(ZooError) as e:
+            YOLODataset.from_data_yaml(cfg, "val")
+        _one_line(e, cfg, what)
 
 
 def test_yolo_bad(tmp_path):
@@ -481,6 +461,65 @@ def test_gen1_bad(tmp_path):
     with pytest.raises(ZooError) as e:
         Gen1Dataset(tmp_path / "none")
     _one_line(e, "none", "empty")
+
+
+# ------------------------------------------------------------------------------------------ box counts
+
+def test_dropped_and_clipped_boxes_are_counted(tmp_path):
+    # COCO: the w = 0 box is dropped while indexing (warned at once), the box reaching past the
+    # 20x16 image is clipped when its image is read; a box wholly outside the image is dropped then
+    ann, img = _coco(tmp_path)
+    data = json.loads(ann.read_text())
+    data["annotations"].append({"id": 6, "image_id": 42, "category_id": 1, "bbox": [25, 2, 4, 4]})  # x > width
+    ann.write_text(json.dumps(data))
+    with pytest.warns(UserWarning, match="1 box\\(es\\) dropped"):
+        ds = COCODataset(ann, img)
+    assert (ds.dropped, ds.clipped) == (1, 0)
+    for _ in range(2):  # each sample counts once, however often it is read
+        _, t = ds[0]
+    assert len(t["boxes"]) == 2 and (ds.dropped, ds.clipped) == (2, 1)
+    line = ds.box_summary()
+    assert "\n" not in line and "2 box(es) dropped" in line and "1 reaching past" in line and "1 of 2 samples" in line
+
+    # YOLO: the box past the right edge is clipped, a zero-width one dropped; nothing to report before reading
+    images = _yolo(tmp_path / "y")
+    lab = tmp_path / "y" / "labels" / "val" / "a.txt"
+    lab.write_text(lab.read_text() + "0 0.5 0.5 0 0.2\n")
+    ds = YOLODataset(images, ["a", "b", "c"])
+    assert (ds.dropped, ds.clipped, ds.box_summary()) == (0, 0, "")
+    _, t = ds[0]
+    assert len(t["boxes"]) == 3 and (ds.dropped, ds.clipped) == (1, 1)
+
+    # VOC: the person box (x up to 40 on a 30-wide image) is clipped
+    ds = VOCDataset(_voc(tmp_path / "v"), "test")
+    ds[0], ds[1]
+    assert (ds.dropped, ds.clipped) == (0, 2)
+
+    # Gen1, at indexing: the two zero-size boxes dropped, the two reaching outside the sensor clipped
+    with pytest.warns(UserWarning, match="2 box\\(es\\) dropped.*2 reaching past"):
+        ds = Gen1Dataset(_gen1(tmp_path / "g"), "test")
+    ds[1]
+    assert (ds.dropped, ds.clipped) == (2, 2)
+
+
+def test_zoo_eval_reports_dropped_boxes(tmp_path, monkeypatch, capsys):
+    import zoo
+    import zoo.cli
+
+    class Nothing(torch.nn.Module):  # predicts no objects of 3 classes
+        def forward(self, x):
+            return torch.zeros(x.shape[0], 7, 4)
+
+    monkeypatch.setattr(zoo, "load", lambda name, **kw: Nothing())
+    ann, _ = _coco(tmp_path)
+    with pytest.warns(UserWarning, match="dropped"):
+        assert zoo.cli.main(["eval", "tinysnn-test", "--data", str(ann), "--imgsz", "32", "--weights", "w"]) == 0
+    out = capsys.readouterr().out
+    assert "COCODataset: 1 box(es) dropped" in out and "1 reaching past the image border clipped" in out
+    with pytest.warns(UserWarning, match="dropped"):
+        assert zoo.cli.main(["eval", "tinysnn-test", "--data", str(ann), "--imgsz", "32", "--weights", "w", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["boxes_dropped"] == 1 and d["boxes_clipped"] == 1
 
 
 # ------------------------------------------------------------------------------------------ batching

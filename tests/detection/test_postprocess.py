@@ -1,16 +1,17 @@
-"""Letterbox geometry, box rescaling, NMS semantics and image loading."""
+"""Class tables, the validation canvas, box rescaling and NMS semantics (image loading and the
+letterbox itself: tests/test_vision.py)."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 import torchvision
-from PIL import Image
 
-from tasks.detection.postprocess import (COCO80_TO_COCO91, COCO_NAMES, PAD_VALUE, class_names, letterbox, load_image,
-                                         non_max_suppression, scale_boxes, val_shape, xywh2xyxy)
+from tasks.detection import postprocess
+from tasks.detection.classes import COCO80_TO_COCO91, COCO91_TO_COCO80, COCO_NAMES, GEN1_NAMES
+from tasks.detection.postprocess import class_names, non_max_suppression, scale_boxes, val_shape, xywh2xyxy
 from zoo.errors import ZooError
+from zoo.vision import letterbox
 
 
 def test_coco_names_and_ids():
@@ -19,32 +20,10 @@ def test_coco_names_and_ids():
     assert len(ids) == 80 and ids == sorted(set(ids)) and ids[:12] == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13]
     assert ids[-1] == 90 and 12 not in ids and 83 not in ids and ids[COCO_NAMES.index("dog")] == 18
     assert class_names(80) == list(COCO_NAMES) and class_names(3) == ["class0", "class1", "class2"]
-    assert class_names(2, {0: "a", 1: "b"}) == ["a", "b"]
-
-
-def test_letterbox_geometry():
-    img = torch.rand(3, 50, 70, generator=torch.Generator().manual_seed(0))
-    out, r, (left, top) = letterbox(img, 64)
-    assert out.shape == (3, 64, 64) and r == pytest.approx(64 / 70)
-    assert (left, top) == (0, 9)  # resized to 46 x 64: 18 rows of padding, 9 on top, 9 below
-    grey = PAD_VALUE / 255
-    assert torch.allclose(out[:, :9], torch.full_like(out[:, :9], grey)) and torch.allclose(out[:, 55:], torch.full_like(out[:, 55:], grey))
-    assert not torch.allclose(out[:, 9:55], torch.full_like(out[:, 9:55], grey))
-    # auto: smallest multiple of the stride; odd padding goes to the bottom / right
-    out, r, pad = letterbox(torch.rand(3, 37, 53), 64, auto=True)
-    assert out.shape == (3, 64, 64) and r == pytest.approx(64 / 53) and pad == (0, 9)  # 45 rows -> 19 pad: 9 + 10
-    out, r, pad = letterbox(torch.rand(3, 100, 300), 320, auto=True)
-    assert out.shape == (3, 128, 320) and pad == (0, 10)  # 107 rows -> 128
-    # no upscaling when asked; uint8 input becomes float in [0, 1]
-    out, r, pad = letterbox(torch.full((3, 20, 30), 255, dtype=torch.uint8), 64, scaleup=False)
-    assert r == 1 and out.shape == (3, 64, 64) and pad == (17, 22) and out.max() == 1.0
-    # an explicit canvas
-    out, r, pad = letterbox(torch.rand(3, 480, 640), 640, shape=(512, 672))
-    assert out.shape == (3, 512, 672) and r == 1 and pad == (16, 16)
-    with pytest.raises(ValueError):
-        letterbox(torch.rand(3, 480, 640), 640, shape=(320, 320))
-    with pytest.raises(ZooError):
-        letterbox(torch.rand(480, 640), 640)
+    assert class_names(2, {0: "a", 1: "b"}) == ["a", "b"] and class_names(2) == list(GEN1_NAMES) == ["car", "pedestrian"]
+    assert all(COCO91_TO_COCO80[c] == i for i, c in enumerate(ids))
+    # the cards and the CLI import the tables from here: the same objects, not copies
+    assert postprocess.COCO_NAMES is COCO_NAMES and postprocess.COCO80_TO_COCO91 is COCO80_TO_COCO91
 
 
 def test_val_shape_like_ultralytics():
@@ -143,71 +122,3 @@ def test_nms_matches_torchvision(multi_label, conf):
     assert (d[:-1, 4] >= d[1:, 4]).all()  # sorted by score
     (d300,) = non_max_suppression(pred, conf=conf, multi_label=multi_label)
     assert torch.equal(d300, d[:300])
-
-
-def _save(tmp_path, name, im, **kw):
-    p = tmp_path / name
-    im.save(p, **kw)
-    return p
-
-
-def test_load_image_modes(tmp_path):
-    rng = np.random.default_rng(0)
-    rgb = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
-    cases = {
-        "rgb.png": Image.fromarray(rgb),
-        "rgb.jpg": Image.fromarray(rgb),
-        "gray.png": Image.fromarray(rgb[..., 0]),
-        "rgba.png": Image.fromarray(np.dstack([rgb, rgb[..., :1]]), "RGBA"),
-        "la.png": Image.fromarray(rgb[..., :2].copy(), "LA"),
-        "pal.png": Image.fromarray(rgb).convert("P"),
-        "bw.bmp": Image.fromarray(rgb[..., 0]).convert("1"),
-        "cmyk.jpg": Image.fromarray(rgb).convert("CMYK"),
-        "pal.gif": Image.fromarray(rgb).convert("P"),
-        "rgb.tiff": Image.fromarray(rgb),
-        "rgb.webp": Image.fromarray(rgb),
-    }
-    for name, im in cases.items():
-        t, pil = load_image(_save(tmp_path, name, im))
-        assert t.shape == (3, 37, 53) and t.dtype == torch.float32 and 0 <= t.min() and t.max() <= 1, name
-        assert pil.mode == "RGB" and pil.size == (53, 37), name
-    t, _ = load_image(tmp_path / "rgb.png")
-    assert torch.equal(t, torch.from_numpy(rgb).permute(2, 0, 1).float() / 255)
-    t, _ = load_image(tmp_path / "rgba.png")  # alpha dropped
-    assert torch.equal(t, torch.from_numpy(rgb).permute(2, 0, 1).float() / 255)
-    t, _ = load_image(tmp_path / "gray.png")
-    assert torch.equal(t[0], t[2]) and torch.equal(t[0], torch.from_numpy(rgb[..., 0]).float() / 255)
-    # palette with a transparent entry
-    pal = Image.fromarray(rgb).convert("P")
-    pal.info["transparency"] = 0
-    t, _ = load_image(_save(tmp_path, "palt.png", pal, transparency=0))
-    assert t.shape == (3, 37, 53)
-    # 16-bit grayscale keeps its precision
-    g16 = rng.integers(0, 65536, (29, 41), dtype=np.uint16)
-    t, pil = load_image(_save(tmp_path, "g16.png", Image.fromarray(g16)))
-    assert t.shape == (3, 29, 41) and pil.size == (41, 29)
-    assert torch.allclose(t[1], torch.from_numpy(g16.astype(np.float32) / 65535), atol=1e-6)
-    f32 = rng.random((9, 11)).astype(np.float32)
-    t, _ = load_image(_save(tmp_path, "f.tiff", Image.fromarray(f32, "F")))
-    assert torch.allclose(t[0], torch.from_numpy(f32), atol=1e-6)
-    # EXIF orientation 6 (rotate 90 degrees clockwise to display): 37x53 becomes 53x37
-    exif = Image.Exif()
-    exif[0x0112] = 6
-    t, _ = load_image(_save(tmp_path, "rot.jpg", Image.fromarray(rgb), exif=exif))
-    assert t.shape == (3, 53, 37)
-
-
-def test_load_image_errors(tmp_path):
-    with pytest.raises(ZooError, match="not found") as e:
-        load_image(tmp_path / "missing.jpg")
-    assert "\n" not in str(e.value)
-    (tmp_path / "notes.png").write_bytes(b"this is not an image at all")
-    with pytest.raises(ZooError, match="notes.png is not an image"):
-        load_image(tmp_path / "notes.png")
-    good = _save(tmp_path, "good.png", Image.fromarray(np.zeros((64, 64, 3), np.uint8) + 7))
-    data = good.read_bytes()
-    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
-    with pytest.raises(ZooError, match="cut.png"):
-        load_image(tmp_path / "cut.png")
-    with pytest.raises(ZooError, match="folder"):
-        load_image(tmp_path)

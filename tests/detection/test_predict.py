@@ -1,4 +1,5 @@
-"""predict(): images of any mode and odd sizes, annotated outputs, the JSON; `zoo predict`; bad inputs."""
+"""detect() in memory; predict(): images of any mode and odd sizes, annotated outputs, the JSON, unreadable
+files skipped and counted, the speed; `zoo predict`; bad inputs."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from torch import nn
 import neurons
 import zoo
 import zoo.cli
-from tasks.detection.predict import JSON_NAME, find_images, predict
+from tasks.detection.predict import JSON_NAME, detect, predict
+from zoo.vision import letterbox
 from zoo.errors import ZooError
 
 
@@ -123,7 +125,8 @@ def test_predict_bad_inputs(tmp_path):
     empty.mkdir()
     (empty / "readme.txt").write_text("hi")
     for sources, match in (([tmp_path / "missing.jpg"], "not found"), ([empty], f"no images in folder {empty}"),
-                           ([empty / "readme.txt"], "readme.txt is not an image"), ([], "no input")):
+                           ([empty / "readme.txt"], "no image could be read: .*readme.txt: cannot decode"),
+                           ([], "no input")):
         with pytest.raises(ZooError, match=match) as e:
             predict(model, sources, tmp_path / "out")
         assert "\n" not in str(e.value)
@@ -136,10 +139,45 @@ def test_predict_bad_inputs(tmp_path):
         predict(model, [tmp_path / "ok.png"], tmp_path / "afile")
     with pytest.raises(ZooError, match="conf"):
         predict(model, [tmp_path / "ok.png"], tmp_path / "out", conf=2)
-    (tmp_path / "sub").mkdir()
-    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(tmp_path / "sub" / "B.PNG")
-    (tmp_path / "sub" / "a.txt").write_text("")
-    assert find_images([tmp_path / "ok.png", tmp_path / "sub"]) == [tmp_path / "ok.png", tmp_path / "sub" / "B.PNG"]
+    with pytest.raises(ZooError, match="broken.jpg.*and 1 more"):
+        predict(model, [tmp_path / "broken.jpg", empty / "readme.txt"], tmp_path / "out")
+    assert not (tmp_path / "out" / JSON_NAME).exists()
+
+
+def test_predict_folder_with_unreadable_files(tmp_path):
+    folder = _images(tmp_path)
+    (folder / "b_gray.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 30)  # cut short
+    (folder / "f_fake.jpg").write_text("not a jpeg")
+    res = predict(FixedDetector(), [folder], tmp_path / "out", imgsz=64, energy=False)
+    assert [r["file"].split("/")[-1] for r in res.images] == ["a_rgb.jpg", "c_rgba.png", "d_16bit.png", "e_palette.gif"]
+    assert [s["file"].split("/")[-1] for s in res.skipped] == ["b_gray.png", "f_fake.jpg"]
+    assert all(s["error"].startswith(s["file"]) and "cannot decode" in s["error"] for s in res.skipped)
+    assert json.loads((tmp_path / "out" / JSON_NAME).read_text()) == res.images
+    lines = res.report()
+    assert "2 of 6 file(s) could not be read" in lines[2] and "b_gray.png" in lines[0] and "frames/s" in lines[3]
+    assert res.fps > 0 and res.to_dict()["skipped"] == res.skipped
+
+
+def test_detect_in_memory():
+    model = FixedDetector()
+    rng = np.random.default_rng(1)
+    rgb = rng.integers(0, 256, (50, 96, 3), dtype=np.uint8)
+    tensor = torch.from_numpy(rgb).permute(2, 0, 1).float() / 255
+    one, pil, batch = detect(model, tensor, imgsz=96), detect(model, Image.fromarray(rgb), imgsz=96), \
+        detect(model, torch.stack([tensor, tensor]), imgsz=96)
+    assert len(one) == 1 and len(batch) == 2 and model.seen[0] == (1, 3, 64, 96)
+    for d in (one[0], pil[0], *batch):
+        assert torch.equal(d["boxes"], one[0]["boxes"]) and d["names"] == ["person", "car"]
+        assert d["labels"].tolist() == [0, 2] and d["scores"].tolist() == pytest.approx([0.9, 0.6])
+    assert one[0]["boxes"].tolist() == [[24.0, 9.0, 72.0, 41.0], [6.0, 0.0, 18.0, 5.0]]
+    # the boxes map back through the letterbox: the model saw the padded canvas
+    x, r, pad = letterbox(tensor, 96, auto=True)
+    assert x.shape == (3, 64, 96) and pad == (0, 7) and r == 1
+    assert [d["names"] for d in detect(model, [tensor], imgsz=96, names=["p"] * 84, conf=0.7)] == [["p"]]
+    with pytest.raises(ZooError, match="image 0"):
+        detect(model, torch.rand(1, 20, 30))
+    with pytest.raises(ZooError, match="image 0"):
+        detect(model, "photo.jpg")
 
 
 # --------------------------------------------------------------------------- zoo predict
@@ -168,10 +206,17 @@ def test_zoo_predict_command(detection_cli, tmp_path, capsys):
     assert code == 0, text
     assert detection_cli == [("tinysnn-test", {"pretrained": False, "weights": "w.pt", "mode": "spike", "device": "cpu"})]
     assert "1 person, 1 car" in text and "firing rate" in text and "MACs" in text and "ACs" in text and "mJ" in text
+    assert "2 image(s) in" in text and "frames/s" in text and "skipped" not in text
     assert (out / "a_rgb.jpg").exists() and (out / "b_gray.png").exists() and (out / JSON_NAME).exists()
     code = zoo.cli.main(["predict", "spikeyolo-coco", str(folder), "--out", str(out), "--imgsz", "64", "--json"])
     d = json.loads(capsys.readouterr().out)
     assert code == 0 and len(d["images"]) == 5 and d["energy"]["energy_mj"] > 0 and d["mode"] == "integer"
+    assert d["skipped"] == [] and d["fps"] > 0
+    (folder / "z_bad.png").write_bytes(b"junk")
+    assert zoo.cli.main(["predict", "spikeyolo-coco", str(folder), "--out", str(out), "--imgsz", "64"]) == 0
+    text = capsys.readouterr().out
+    assert "z_bad.png: cannot decode" in text and "1 of 6 file(s) could not be read" in text
+    assert len(json.loads((out / JSON_NAME).read_text())) == 5
     assert detection_cli[-1] == ("spikeyolo-coco", {"pretrained": True, "weights": None, "mode": "integer", "device": "cpu"})
     # a model without released weights needs --weights
     assert zoo.cli.main(["predict", "tinysnn-test", str(folder), "--imgsz", "64", "--device", "cpu"]) == 2
