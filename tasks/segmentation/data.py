@@ -15,8 +15,8 @@ configs use them:
 
 A wrong layout, a missing or unreadable file, a label map of another size than its image, label values
 outside the classes (other than 255) and an empty split are one-line :class:`ZooError` s naming the file;
-nothing is skipped silently. Label files are read with Pillow (palette PNGs give their indices, as mmseg's
-``imfrombytes(..., flag='unchanged', backend='pillow')``).
+nothing is skipped silently. Images and label files are read by :mod:`zoo.vision` (palette PNGs give their
+indices, as mmseg's ``imfrombytes(..., flag='unchanged', backend='pillow')``).
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from zoo.errors import ZooError
+from zoo.vision import load_image, load_mask
 
 from .classes import ADE20K_CLASSES, CITYSCAPES_CLASSES, VOC_CLASSES
 
@@ -47,23 +47,13 @@ def _err(path, problem: str) -> ZooError:
 
 
 def read_image(path: Path) -> torch.Tensor:
-    """RGB float ``[3, H, W]`` in [0, 1] (EXIF orientation applied; grey, palette, RGBA and 16-bit converted)."""
-    from zoo.vision import load_image
-
+    """RGB float ``[3, H, W]`` in [0, 1] with the EXIF orientation applied (as mmseg's cv2 decoding does)."""
     return load_image(path)
 
 
 def read_label(path: Path) -> np.ndarray:
-    """The label map's values as stored (``uint8`` / ``int32`` ``[H, W]``)."""
-    if not path.is_file():
-        raise _err(path, "label file is missing")
-    try:
-        with Image.open(path) as im:
-            if im.mode not in ("L", "P", "I", "I;16"):
-                raise _err(path, f"label file is a {im.mode} image; expected one channel of class indices (L or P mode)")
-            return np.array(im)
-    except (OSError, SyntaxError) as e:
-        raise _err(path, f"cannot read the label file ({e})") from None
+    """The label map's values as stored (``int64 [H, W]``; no EXIF rotation, as mmseg's Pillow label reading)."""
+    return load_mask(path, exif=False).numpy()
 
 
 class SegmentationDataset(torch.utils.data.Dataset):

@@ -75,7 +75,7 @@ def test_bad_data_is_one_line_naming_the_file(tmp_path):
     (root / "annotations/validation/c.png").write_bytes(b"not a png")  # corrupt
     ds = ADE20K(root)
     for i, (name, match) in enumerate((("a.png", "is 8x5 but its image"), ("b.png", "outside the 150 classes"),
-                                       ("c.png", "cannot read"))):
+                                       ("c.png", "cannot"))):
         with pytest.raises(ZooError, match=match) as e:
             ds[i]
         assert name in str(e.value) and "\n" not in str(e.value)

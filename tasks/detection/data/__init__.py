@@ -41,7 +41,7 @@ from __future__ import annotations
 
 from ..classes import COCO80_TO_COCO91, EVDET200K_CLASSES, GEN1_NAMES, VOC_CLASSES
 from .coco import COCODataset
-from .common import DetectionDataset, Letterbox, collate, flatten_targets, load_names, read_config
+from .common import DetectionDataset, Letterbox, collate, load_names, read_config
 from .evdet200k import EvDET200KDataset
 from .gen1 import GEN1_SENSOR, Gen1Dataset, read_prophesee_dat
 from .load import load_dataset
@@ -51,6 +51,6 @@ from .yolo import YOLODataset
 __all__ = [
     "VOC_CLASSES", "GEN1_NAMES", "EVDET200K_CLASSES", "COCO80_TO_COCO91", "GEN1_SENSOR",
     "DetectionDataset", "COCODataset", "YOLODataset", "VOCDataset", "Gen1Dataset", "EvDET200KDataset",
-    "Letterbox", "collate", "flatten_targets", "load_dataset", "read_prophesee_dat", "load_names",
+    "Letterbox", "collate", "load_dataset", "read_prophesee_dat", "load_names",
     "read_config",
 ]

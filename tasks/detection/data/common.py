@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 from zoo.errors import ZooError
 from zoo.vision import file_error, letterbox, letterbox_geometry
 
-__all__ = ["DetectionDataset", "finish_boxes", "read_config", "load_names", "Letterbox", "collate", "flatten_targets"]
+__all__ = ["DetectionDataset", "finish_boxes", "read_config", "load_names", "Letterbox", "collate"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -267,12 +267,3 @@ def collate(batch: Sequence):
         return torch.stack(images, 0), list(targets)
     return list(images), list(targets)
 
-
-def flatten_targets(targets: Sequence[dict]) -> dict:
-    """ultralytics-style flat targets: ``batch_idx`` [M], ``cls`` [M], ``bboxes`` [M, 4] (xyxy pixels)."""
-    idx = [torch.full((len(t["labels"]),), k, dtype=torch.int64) for k, t in enumerate(targets)]
-    return dict(
-        batch_idx=torch.cat(idx) if idx else torch.zeros(0, dtype=torch.int64),
-        cls=torch.cat([t["labels"] for t in targets]) if targets else torch.zeros(0, dtype=torch.int64),
-        bboxes=torch.cat([t["boxes"] for t in targets]) if targets else torch.zeros(0, 4),
-    )
