@@ -51,7 +51,7 @@ _COMMON = dict(
     arxiv="2412.14587",
     code="https://github.com/BICLab/Spike2Former",
     license="see the official repository (no license file in the release)",
-    neuron="NI-LIF (neurons.NILIF: Q_IFNode, beta 1, D 8 as released; applied once to the whole [T, B, ...] tensor)",
+    neuron="NI-LIF (neurons.NILIF, beta 1; D 8 as released)",
     converter="tasks.segmentation.convert:from_official",
 )
 _INPUT = ("RGB image [B, 3, H, W], float, normalised with mean (123.675, 116.28, 103.53) and std (58.395, 57.12, "
