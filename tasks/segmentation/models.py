@@ -50,7 +50,7 @@ _COMMON = dict(
     paper="Spike2Former: Efficient Spiking Transformer for High-performance Image Segmentation (AAAI 2025)",
     arxiv="2412.14587",
     code="https://github.com/BICLab/Spike2Former",
-    license="see the official repository (no license file in the release)",
+    license="Apache-2.0 (Segmentation/LICENSE of the official repository, inherited from MMSegmentation; weights: no separate license stated)",
     neuron="NI-LIF (neurons.NILIF, beta 1; D 8 as released)",
     converter="tasks.segmentation.convert:from_official",
 )

@@ -47,6 +47,11 @@ exactly, since the released weights were trained with them:
 * the decoder FFN (:class:`MSDA_FFN`) reshapes its ``[T, B, N, C]`` input to
   ``[T, B, C, N]`` and its output back, without transposing.
 
+Parity: with random weights, bit-exact with the official code (the ADE20K, ADE20K V2-L and Cityscapes
+architectures at 64x96 on CPU, one thread; a reduced model is the test fixture). With more threads both
+codes pick other float kernels, and a last-bit change can move a count across a rounding boundary, so
+compare at one thread.
+
 Synapse layers: every conv / linear that reads a neuron's output is a
 ``neurons.SpikeConv1d`` / ``SpikeConv2d`` / ``SpikeLinear`` bound to that
 neuron (or, where the head scales a neuron's output by ``alpha``, to its
