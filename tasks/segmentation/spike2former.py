@@ -342,24 +342,21 @@ class SpikingMetaFormer(nn.Module):
         self.downsample4 = MS_DownSampling(d2, d3, 3, 1, 1, False, neuron)
         self.block4 = nn.ModuleList([MS_Block(d3, cfg.num_heads, r, neuron) for _ in range(cfg.block4_depth)])
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = x.unsqueeze(0).repeat(self.T, 1, 1, 1, 1)
-        stages = [
-            (self.downsample1_1, self.ConvBlock1_1),
-            (self.downsample1_2, self.ConvBlock1_2),
-            (self.downsample2, [*self.ConvBlock2_1, *self.ConvBlock2_2]),
-            (self.downsample3, self.block3),
-        ]
-        feats = []
-        for down, blocks in stages:
-            x = down(x)
-            for blk in blocks:
-                x = blk(x)
-            feats.append(x)
-        x = self.downsample4(feats.pop())  # stage 4 (1/16) follows stage 3 without an output of its own
-        for blk in self.block4:
+    @staticmethod
+    def _stage(x: torch.Tensor, down: nn.Module, *blocks: nn.Module) -> torch.Tensor:
+        x = down(x)
+        for blk in blocks:
             x = blk(x)
-        return [*feats, x]
+        return x
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = x.unsqueeze(0).repeat(self.T, 1, 1, 1, 1)  # [T, B, 3, H, W]
+        x1 = self._stage(x, self.downsample1_1, *self.ConvBlock1_1)  # 1/2
+        x2 = self._stage(x1, self.downsample1_2, *self.ConvBlock1_2)  # 1/4
+        x3 = self._stage(x2, self.downsample2, *self.ConvBlock2_1, *self.ConvBlock2_2)  # 1/8
+        x = self._stage(x3, self.downsample3, *self.block3)  # 1/16, no output of its own
+        x4 = self._stage(x, self.downsample4, *self.block4)  # 1/16 (stride-1 downsampling)
+        return [x1, x2, x3, x4]
 
 
 # --------------------------------------------------------------------------- pixel decoder (DCNv3 encoder + FPN)
