@@ -1,8 +1,8 @@
 """A checkpoint as mmengine's Runner writes it (tests/fixtures/mmengine/README.md) is read safely.
 
 Its ``message_hub`` pickles ``HistoryBuffer`` objects whose ``__getstate__`` adds their statistics
-methods, which pickle stores as ``builtins.getattr(HistoryBuffer, 'min')``; the safe reader refuses
-``getattr`` today, so every mmengine training checkpoint (``*_best.pth`` included) fails to load.
+methods, which pickle stores as ``builtins.getattr(HistoryBuffer, 'min')``; the safe reader allows
+``getattr`` on stubs of official classes only (it gives another stub), so mmengine checkpoints load.
 """
 
 from pathlib import Path
@@ -14,8 +14,6 @@ from zoo import checkpoint
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "mmengine" / "runner_iter4.pth"
 
 
-@pytest.mark.xfail(strict=True, reason="zoo.checkpoint refuses builtins.getattr (HistoryBuffer statistics "
-                                       "methods); allow it only on stub classes, returning a stub")
 def test_mmengine_runner_checkpoint_reads():
     ckpt = checkpoint.read(FIXTURE)
     assert set(ckpt) == {"meta", "state_dict", "message_hub", "optimizer", "param_schedulers"}

@@ -2,7 +2,7 @@
 
 * The manifest (``weights/manifest.toml``) lists each weight file: its sources
   (https URL, Google Drive file id, Hugging Face repo + file + revision), sha256,
-  size, format, and which model converter reads it.
+  size and format (the model card names the converter of each format).
 * Files live in a cache (``$ZOO_HOME``, default ``~/.cache/spiking-zoo``),
   written to ``.partial/NAME.part`` while downloading (resumed with an HTTP Range
   request after an interruption) and renamed into place atomically only after
@@ -74,7 +74,6 @@ class WeightsEntry:
     size: int = 0
     sources: list[dict] = field(default_factory=list)
     bundled: bool = False
-    converter: str = ""  # "module:function" mapping this file's state dict to the model's keys
     license: str = ""
     note: str = ""
 
@@ -107,7 +106,7 @@ def _check_entry(path: Path, key: str, v) -> WeightsEntry:
     unknown = sorted(set(v) - set(_FIELDS))
     if unknown or "file" not in v or "format" not in v:
         raise bad(f"has unknown fields {unknown}" if unknown else "needs `file` and `format`")
-    for name, kind in (("file", str), ("format", str), ("sha256", str), ("converter", str), ("license", str),
+    for name, kind in (("file", str), ("format", str), ("sha256", str), ("license", str),
                        ("note", str), ("size", int), ("bundled", bool), ("sources", list)):
         if name in v and not isinstance(v[name], kind):
             raise bad(f"has a {name} of the wrong type ({type(v[name]).__name__})")
