@@ -111,6 +111,13 @@ def http_server():
         server.server_close()
 
 
+@pytest.fixture(scope="session")
+def shared_zoo_home(tmp_path_factory) -> Path:
+    """One zoo cache for the whole run, for tests that only need a converted model to exist (the tiny
+    Shakespeare SDLLM takes a minute or two to convert on 2 cores; its conversion is tested on its own)."""
+    return tmp_path_factory.mktemp("zoo_home_shared")
+
+
 @pytest.fixture
 def zoo_home(tmp_path, monkeypatch) -> Path:
     home = tmp_path / "zoo_home"

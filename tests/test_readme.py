@@ -25,15 +25,16 @@ def test_ci_runs_the_readme_test_command():
     assert test_cmd in ci.splitlines()
 
 
-def test_use_snippets_run_as_written(tmp_path):
-    """Every ```python block of the README, as a user pastes it: a fresh process, an empty cache, offline."""
+def test_use_snippets_run_as_written(tmp_path, shared_zoo_home):
+    """Every ```python block of the README, as a user pastes it: a fresh process, in another folder, offline
+    (the zoo cache is the run's shared one, so the tiny SDLLM is converted once per run)."""
     import os
     import subprocess
     import sys
 
     blocks = re.findall(r"```python\n(.+?)\n```", (ROOT / "README.md").read_text(), re.S)
     assert len(blocks) >= 2
-    env = {**os.environ, "ZOO_HOME": str(tmp_path / "cache"), "ZOO_OFFLINE": "1"}
+    env = {**os.environ, "ZOO_HOME": str(shared_zoo_home), "ZOO_OFFLINE": "1"}
     for block in blocks:
         out = subprocess.run([sys.executable, "-c", block], capture_output=True, text=True, cwd=tmp_path, env=env,
                              timeout=1200)

@@ -85,9 +85,10 @@ def test_shipped_model_converts_and_keeps_quality(zoo_home):
     assert neurons.mode_of(sd) == "integer"
 
 
-def test_zoo_profile_takes_token_ids(zoo_home, capsys):
+def test_zoo_profile_takes_token_ids(shared_zoo_home, monkeypatch, capsys):
     from zoo.cli import main
 
+    monkeypatch.setenv("ZOO_HOME", str(shared_zoo_home))
     assert main(["profile", TINY, "--input-size", "1", "16", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["input_size"] == [1, 16] and out["acs"] > 0 and out["macs"] > 0 and out["weights"] == "converted from its base"
