@@ -6,7 +6,8 @@ a sphere. Parts:
 
 * ``forward``: E-3DSNN-H (random weights, BN statistics that make the neurons fire) on 10,000 points,
   batch 1, integer mode: ms per forward, voxels, peak memory;
-* ``layers``: a submanifold 3x3x3 conv and a 2x2x2 stride-2 conv at the stem resolution (voxel 0.02),
+* ``layers``: (memory: the process's peak, and the growth of the peak during the op's runs, the dense
+  grid itself being allocated before) a submanifold 3x3x3 conv and a 2x2x2 stride-2 conv at the stem resolution (voxel 0.02),
   each as the zoo's sparse conv (:mod:`tasks.pointcloud.sparse`, kernel maps included), as ``F.conv3d``
   on the dense grid, and as spconv at 1 thread where spconv is installed (optional; its CPU build is
   wrong with 2 threads, see the module notes). Ratios = dense (or spconv) time / sparse time.
@@ -93,12 +94,13 @@ def worker_forward(size: str, num_points: int, repeats: int) -> dict:
     torch.manual_seed(0)
     model = firing_statistics(zoo.load(f"svl-e3dsnn-{size}-openshape", pretrained=False))
     x, name = cloud(num_points)
+    base = _peak_mb()
     with torch.no_grad():
         ms = _median_ms(lambda: model(x), repeats)
     e = sparse_energy(model, x)
     voxels = model.stem[0].last_kernel_map.n_in
     return {"part": "forward", "model": f"E-3DSNN-{size.upper()}", "cloud": name, "points": num_points,
-            "voxels": voxels, "ms": ms, "peak_mb": _peak_mb(), "firing_rate": e["firing_rate"],
+            "voxels": voxels, "ms": ms, "peak_mb": _peak_mb(), "work_mb": _peak_mb() - base, "firing_rate": e["firing_rate"],
             "energy_mj": e["energy_mj"]}
 
 
@@ -119,16 +121,16 @@ def worker_layer(kind: str, impl: str, channels: int, num_points: int, repeats: 
             else SparseConv3d(channels, channels, 2, stride=2, bias=False))
     shape = tuple(st.spatial_shape)
     grid = tuple(int(s) for s in st.coords[:, 1:].max(0).values + 2)  # the occupied box (+ a margin)
+    if impl == "dense":
+        dense = torch.zeros(1, channels, *grid)
+        c = st.coords
+        dense[0, :, c[:, 1], c[:, 2], c[:, 3]] = feats.t()
+        w = conv.weight.permute(0, 4, 1, 2, 3).contiguous()
     if impl == "sparse":
         def fn():
             fresh = type(st)(st.features, st.coords, shape, 1)  # kernel maps are built every call
             return conv(fresh)
     elif impl == "dense":
-        dense = torch.zeros(1, channels, *grid)
-        c = st.coords
-        dense[0, :, c[:, 1], c[:, 2], c[:, 3]] = feats.t()
-        w = conv.weight.permute(0, 4, 1, 2, 3).contiguous()
-
         def fn():
             return F.conv3d(dense, w, padding=1) if kind == "subm" else F.conv3d(dense, w, stride=2)
     elif impl == "spconv":
@@ -145,10 +147,12 @@ def worker_layer(kind: str, impl: str, channels: int, num_points: int, repeats: 
             return layer(sp.SparseConvTensor(feats, coords, list(shape), 1))
     else:
         raise ValueError(impl)
+    base = _peak_mb()  # the process so far (torch, the cloud; the dense grid for "dense")
     with torch.no_grad():
         ms = _median_ms(fn, repeats)
     return {"part": "layer", "kind": kind, "impl": impl, "channels": channels, "voxels": len(feats),
-            "grid": list(grid), "ms": ms, "peak_mb": _peak_mb(), "threads": torch.get_num_threads()}
+            "grid": list(grid), "ms": ms, "peak_mb": _peak_mb(), "work_mb": _peak_mb() - base,
+            "threads": torch.get_num_threads()}
 
 
 def _spawn(call: str) -> dict:
@@ -191,13 +195,13 @@ def run_bench(args) -> None:
 
     f = report["forward"]
     print(f"{f['model']} forward, batch 1, {f['points']} points of the {f['cloud']} ({f['voxels']} voxels at 0.02): "
-          f"{f['ms']:.0f} ms, peak memory {f['peak_mb']:.0f} MB (random weights with firing BN statistics: "
+          f"{f['ms']:.0f} ms, peak memory {f['peak_mb']:.0f} MB ({f['work_mb']:.0f} MB above the loaded model) (random weights with firing BN statistics: "
           f"firing rate {f['firing_rate']:.3f}, {f['energy_mj']:.3f} mJ)")
     rows = [{"layer": f"{'SubM 3x3x3' if r['kind'] == 'subm' else 'SparseConv 2x2x2 s2'} {r['channels']}->{r['channels']}",
              "impl": r["impl"] + (" (1 thread)" if r["impl"] == "spconv" else ""),
-             "time / sparse": f"{r['ratio_vs_sparse']:.2f}x", "peak memory": f"{r['peak_mb']:.0f} MB",
+             "time / sparse": f"{r['ratio_vs_sparse']:.2f}x", "peak memory": f"{r['peak_mb']:.0f} MB", "memory of the op": f"{r['work_mb']:.0f} MB",
              "sites": f"{r['voxels']} of {r['grid'][0]}x{r['grid'][1]}x{r['grid'][2]}"} for r in report["layers"]]
-    print(text(rows, ["layer", "impl", "time / sparse", "peak memory", "sites"]))
+    print(text(rows, ["layer", "impl", "time / sparse", "peak memory", "memory of the op", "sites"]))
     if not report["spconv"]:
         print("spconv is not installed (optional: pip install spconv; the zoo never needs it)")
 

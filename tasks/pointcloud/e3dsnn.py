@@ -61,9 +61,13 @@ which does not run as published (it needs an input adapter):
 
 Zero-shot use (SVL's ``test_modelnet40`` with the text side folded away)::
 
-    model = zoo.load("svl-e3dsnn-h-openshape", weights="best_modelnet40_overall.pt")
-    model.set_zero_shot_head(category_text_feats, text_proj_from_checkpoint("best_modelnet40_overall.pt"))
+    model = zoo.load("svl-e3dsnn-h-openshape", weights="best_modelnet40_overall.pt",
+                     classes="modelnet40/cat_name_pt_feat.npy")   # folded with the checkpoint's text_proj
     logits = model(points)                     # [B, K]; no text encoder runs
+    # by hand: model.set_zero_shot_head(feats, text_proj_from_checkpoint("best_modelnet40_overall.pt"))
+
+The head is derived, so it is not in the state dict; the zoo's own models (``text_dim > 0``) carry
+``text_proj`` inside, and their files the default classes' features (``zero_shot.category_features``).
 
 Parity trap: spconv 2.x computes a kernel-size-1 submanifold conv as
 ``x @ weight.view(in, out)`` on its ``(out, 1, 1, 1, in)`` weight (traveller59/spconv#450),
@@ -245,7 +249,16 @@ class E3DSNN(nn.Module):
         self.text_proj = nn.Linear(cfg.text_dim, cfg.out_channels) if cfg.text_dim else None
         self.head: nn.Linear | None = None
         self.classes: tuple[list[str], torch.Tensor] | None = None  # (names, text features) to fold after loading
-        self.names: list[str] | None = None
+        self._names: list[str] | None = None
+
+    @property
+    def names(self) -> list[str] | None:
+        """Category names of the head's rows (a ``classes=`` list wins over the card's default)."""
+        return list(self.classes[0]) if self.classes is not None else self._names
+
+    @names.setter
+    def names(self, value) -> None:
+        self._names = None if value is None else list(value)
 
     def features(self, x) -> torch.Tensor:
         """Pooled ``[B, out_channels]`` features (no head)."""
@@ -290,13 +303,11 @@ class E3DSNN(nn.Module):
         proj = self.text_proj
         if proj is None and isinstance(ckpt, dict) and isinstance(ckpt.get("text_proj"), dict):
             proj = text_proj_from_checkpoint(ckpt)
-        if self.classes is None and isinstance(ckpt, dict) and ZERO_SHOT_KEY in ckpt:
-            names = list(getattr(getattr(self, "card", None), "classes", ()) or ())
-            feats = ckpt[ZERO_SHOT_KEY].float()
-            self.classes = (names or [str(i) for i in range(len(feats))], feats)
         if self.classes is not None:
             names, feats = self.classes
             self.set_zero_shot_head(feats, proj, names)
+        elif isinstance(ckpt, dict) and ZERO_SHOT_KEY in ckpt:  # names: the card's classes (zoo.load sets them)
+            self.set_zero_shot_head(ckpt[ZERO_SHOT_KEY].float(), proj)
 
 
 ZERO_SHOT_KEY = "zero_shot.category_features"  # the zoo's files: the default classes' text features

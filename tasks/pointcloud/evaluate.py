@@ -99,7 +99,9 @@ def zero_shot(model, test_set, batch_size: int = 16, text_proj: nn.Module | None
     from .e3dsnn import E3DSNN
 
     base = model.module if hasattr(model, "module") else model
-    saved = (base.head, base.names) if isinstance(base, E3DSNN) else None
+    saved = (base.head, base._names, base.classes) if isinstance(base, E3DSNN) else None
+    if saved is not None:
+        base.classes = None  # the test set's categories, for this evaluation only
     base.set_zero_shot_head(test_set.category_features, text_proj, list(test_set.categories))
     was_training = model.training
     model.eval()
@@ -136,6 +138,6 @@ def zero_shot(model, test_set, batch_size: int = 16, text_proj: nn.Module | None
             res.firing_rate, res.energy_mj, res.macs, res.acs = e["firing_rate"], e["energy_mj"], e["macs"], e["acs"]
     finally:
         if saved is not None:
-            base.head, base.names = saved
+            base.head, base._names, base.classes = saved
         model.train(was_training)
     return res

@@ -21,7 +21,10 @@ _INPUT = (
 _OUTPUT = (
     "Output: [B, 1280] features in OpenCLIP ViT-bigG-14's space (mean over each cloud's voxels); after "
     "model.set_zero_shot_head(category_text_features, text_proj) (Rep-VLI, folded into one bias-free Linear): "
-    "[B, K] zero-shot logits (cosine similarities). State-dict keys are the official ones (SVL "
+    "[B, K] zero-shot logits (cosine similarities); zoo.load(name, weights=CKPT, classes='cat_name_pt_feat.npy') does "
+    "this at load time with the checkpoint's text_proj (OpenShape's category feature files, or (names, features)). "
+    "Training (zoo train) uses the released code's loss: SVL's Multi-scale Triple Alignment is described in the "
+    "paper only, with no multi-scale term in the code. State-dict keys are the official ones (SVL "
     "model/spike_e3dsnn.py; an SVL checkpoint's `module.` prefixes are stripped). "
     "SVL's released weights are on Hugging Face (Xuerui123/SVL); their file names could not be checked here, "
     "so there is no manifest entry: download a checkpoint and pass weights='PATH'."
@@ -116,7 +119,10 @@ def _demo_builder(**kwargs):
 
 
 register(
-    DEMO, **{**COMMON, "input_size": (1, 512, 6), "weights": None,
+    DEMO, **{**COMMON, "input_size": (1, 512, 6), "weights": DEMO,
+             "input": "point clouds [B, N, 6] (or a list of [N_i, 6]): xyz + rgb in [0, 1], 512 points sampled as "
+                      "OpenShape's loaders do; xyz normalised to the unit sphere and voxelised at 0.1 inside the model",
+             "license": "Apache-2.0",
              "converters": {**COMMON["converters"], "safetensors": "tasks.pointcloud.e3dsnn:drop_zero_shot",
                             "torch": "tasks.pointcloud.e3dsnn:drop_zero_shot"}},
     classes=DEMO_CLASSES,

@@ -63,5 +63,7 @@ class TextEncoder:
     def encode_templates(self, texts: list[str], templates: list[str]) -> torch.Tensor:
         """OpenShape's ``prompt_avg``: each text's features averaged over ``templates`` (``{}`` = the text),
         normalised again."""
+        if not texts:
+            return torch.empty(0, DIM)
         feats = self.encode([t.format(x) for x in texts for t in templates]).view(len(texts), len(templates), -1)
         return F.normalize(feats.mean(1), dim=1)

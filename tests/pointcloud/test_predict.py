@@ -108,3 +108,12 @@ def test_zoo_eval_prints_the_three_metrics(tmp_path, capsys):
             allow_pickle=True)
     assert cli.main(["eval", DEMO, "--data", str(tmp_path)]) == 2
     assert "category features are 1280-d but the head takes 384-d" in capsys.readouterr().err
+
+
+def test_demo_with_a_users_class_list_keeps_its_names():
+    names = ["ball", "box", "donut"]
+    feats = torch.randn(3, 384)
+    model = zoo.load(DEMO, classes=(names, feats))
+    assert model.names == names and model.head.out_features == 3
+    expected = torch.nn.functional.normalize(model.text_proj(feats), dim=1)
+    torch.testing.assert_close(model.head.weight, expected)  # folded with the trained text_proj
