@@ -118,6 +118,13 @@ def _demo_builder(**kwargs):
     return model
 
 
+_DEMO_DATA = "python -m tasks.pointcloud.synthetic shapes"  # 1,600 training + 320 test shapes, seed 0
+_DEMO_TRAIN = ("zoo train svl-e3dsnn-tiny-shapes --data shapes --epochs 30 --batch 32 --time-limit 1140 "
+               "--set warmup_epochs=1")
+_HELD_OUT = "synthetic shapes held out (400, seed 1)"
+_DEMO_EVAL = ("python -m tasks.pointcloud.synthetic heldout --train 0 --test 400 --seed 1 && "
+              "zoo eval svl-e3dsnn-tiny-shapes --data heldout")
+
 register(
     DEMO, **{**COMMON, "input_size": (1, 512, 6), "weights": DEMO,
              "input": "point clouds [B, N, 6] (or a list of [N_i, 6]): xyz + rgb in [0, 1], 512 points sampled as "
@@ -126,8 +133,15 @@ register(
              "converters": {**COMMON["converters"], "safetensors": "tasks.pointcloud.e3dsnn:drop_zero_shot",
                             "torch": "tasks.pointcloud.e3dsnn:drop_zero_shot"}},
     classes=DEMO_CLASSES,
-    params=None,
-    metrics=[],
+    params=641_216,
+    metrics=[
+        dict(dataset=_HELD_OUT, metric="zero-shot top-1", value=91.5, source="reproduced", command=_DEMO_EVAL,
+             note="8 categories, from their names' prompt features alone; the same in spike-driven mode"),
+        dict(dataset=_HELD_OUT, metric="zero-shot class mean", value=91.5, source="reproduced", command=_DEMO_EVAL),
+        dict(dataset=_HELD_OUT, metric="zero-shot top-3", value=100.0, source="reproduced", command=_DEMO_EVAL),
+        dict(dataset=_HELD_OUT, metric="energy (mJ per sample, fp32)", value=0.0017, source="reproduced",
+             command=_DEMO_EVAL, note="firing rate 0.525; sparse convs counted from their kernel maps"),
+    ],
     notes=(
         "The zoo's demo model: a small E-3DSNN (embed 8, channels 8/16/32/64, depths 1/1/1/1, 384-d output, "
         "voxel 0.1 for 512-point clouds) with SVL's text_proj (384 -> 384) inside, aligned on CPU to "
@@ -137,6 +151,12 @@ register(
         "folds the 8 category names' prompt features (shipped in the weights file); "
         "zoo.load(name, classes=[...]) folds any other list (needs the text encoder). "
         "SVL's Multi-scale Triple Alignment is described in the paper only; the released code's loss "
-        "(single scale) is what the zoo trains."
+        "(single scale) is what the zoo trains. "
+        f"Data: `{_DEMO_DATA}` (sphere, cube, cylinder, cone, torus, pyramid, capsule, table; trimesh primitives "
+        "sampled on the surface, random proportions, pose, scale, noise and colour; captions with synonyms). "
+        f"Trained on CPU (1 thread, 2 cores shared with other jobs) in 19.0 minutes: `{_DEMO_TRAIN}` "
+        "(SVL's AdamW and warmup + cosine schedule; stopped by the time limit in epoch 26 of 30, after 1,285 "
+        "iterations); the weights of the epoch with the best top-1 on the generated test split (92.5 %) "
+        "ship; the metrics are on a separately generated held-out set."
     ),
 )(_demo_builder)
