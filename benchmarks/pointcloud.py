@@ -6,13 +6,15 @@ a sphere. Parts:
 
 * ``forward``: E-3DSNN-H (random weights, BN statistics that make the neurons fire) on 10,000 points,
   batch 1, integer mode: ms per forward, voxels, peak memory;
-* ``layers``: (memory: the process's peak, and the growth of the peak during the op's runs, the dense
-  grid itself being allocated before) a submanifold 3x3x3 conv and a 2x2x2 stride-2 conv at the stem resolution (voxel 0.02),
+* ``layers``: a submanifold 3x3x3 conv and a 2x2x2 stride-2 conv at the stem resolution (voxel 0.02),
   each as the zoo's sparse conv (:mod:`tasks.pointcloud.sparse`, kernel maps included), as ``F.conv3d``
   on the dense grid, and as spconv at 1 thread where spconv is installed (optional; its CPU build is
   wrong with 2 threads, see the module notes). Ratios = dense (or spconv) time / sparse time.
 
-Times are medians of ``--repeats`` runs after one warm-up; only ratios and memory are results.
+Memory: each process's peak RSS, and the growth of that peak during the op's runs ("memory of the op"; the
+dense grid itself is allocated before). The dense grid is the occupied bounding box, not the model's
+spatial shape (which adds a margin of 96). Times are medians of ``--repeats`` runs after one warm-up; only
+ratios and memory are results.
 """
 
 from __future__ import annotations
