@@ -284,7 +284,8 @@ class E3DSNN(nn.Module):
         if text_features.ndim == 2 and text_features.shape[1] != expected:
             raise ZooError(f"category features are {text_features.shape[1]}-d but the head takes {expected}-d "
                            f"({'text_proj input' if text_proj is not None else 'the model output'}); encode the "
-                           "categories with the text encoder the model was aligned to")
+                           "categories with the text encoder the model was aligned to (SVL's weights: OpenShape's OpenCLIP "
+                           "bigG-14 files, e.g. cat_name_pt_feat.npy)")
         head = fold_text_head(text_features, text_proj)
         device = next(self.final.parameters()).device
         self.head = _FoldedHead(head.in_features, head.out_features).to(device)
