@@ -1,7 +1,9 @@
 """3D point clouds: SVL's spiking E-3DSNN backbones on the zoo's own sparse convolutions, Rep-VLI zero-shot heads.
 
 ``models`` holds the cards, ``e3dsnn`` the architecture (and its converter), ``sparse`` the sparse 3D
-convolutions, ``cli`` what ``zoo profile`` feeds these models.
+convolutions, ``data`` OpenShape's file formats, ``classes`` the ``classes=`` option, ``train`` SVL's
+alignment, ``evaluate`` zero-shot metrics and energy, ``predict`` clouds and meshes, ``synthetic`` the
+demo data set, ``text`` the offline text encoder, ``cli`` the verbs.
 """
 
 from zoo.plugin import Task, lazy_exports

@@ -61,9 +61,13 @@ which does not run as published (it needs an input adapter):
 
 Zero-shot use (SVL's ``test_modelnet40`` with the text side folded away)::
 
-    model = zoo.load("svl-e3dsnn-h-openshape", weights="best_modelnet40_overall.pt")
-    model.set_zero_shot_head(category_text_feats, text_proj_from_checkpoint("best_modelnet40_overall.pt"))
+    model = zoo.load("svl-e3dsnn-h-openshape", weights="best_modelnet40_overall.pt",
+                     classes="modelnet40/cat_name_pt_feat.npy")   # folded with the checkpoint's text_proj
     logits = model(points)                     # [B, K]; no text encoder runs
+    # by hand: model.set_zero_shot_head(feats, text_proj_from_checkpoint("best_modelnet40_overall.pt"))
+
+The head is derived, so it is not in the state dict; the zoo's own models (``text_dim > 0``) carry
+``text_proj`` inside, and their files the default classes' features (``zero_shot.category_features``).
 
 Parity trap: spconv 2.x computes a kernel-size-1 submanifold conv as
 ``x @ weight.view(in, out)`` on its ``(out, 1, 1, 1, in)`` weight (traveller59/spconv#450),
@@ -106,6 +110,7 @@ class E3DSNNConfig:
     voxel_size: float = 0.02
     D: int = 4  # multispike's largest count
     normalize: bool = True  # centre + scale xyz to the unit sphere before voxelising
+    text_dim: int = 0  # > 0: the model carries SVL's text_proj (text_dim -> out) in its own state (the zoo's models)
 
 
 VARIANTS = {
@@ -240,7 +245,20 @@ class E3DSNN(nn.Module):
         )
         # reads the (non-spiking) residual sum; kernel 1 as spconv computes it
         self.final = SubMConv3d(C[-1], cfg.out_channels, 1, padding=1, bias=True, spconv_1x1=True)
+        # SVL keeps text_proj beside the backbone (checkpoint['text_proj']); the zoo's own models hold it inside
+        self.text_proj = nn.Linear(cfg.text_dim, cfg.out_channels) if cfg.text_dim else None
         self.head: nn.Linear | None = None
+        self.classes: tuple[list[str], torch.Tensor] | None = None  # (names, text features) to fold after loading
+        self._names: list[str] | None = None
+
+    @property
+    def names(self) -> list[str] | None:
+        """Category names of the head's rows (a ``classes=`` list wins over the card's default)."""
+        return list(self.classes[0]) if self.classes is not None else self._names
+
+    @names.setter
+    def names(self, value) -> None:
+        self._names = None if value is None else list(value)
 
     def features(self, x) -> torch.Tensor:
         """Pooled ``[B, out_channels]`` features (no head)."""
@@ -255,10 +273,64 @@ class E3DSNN(nn.Module):
         f = self.features(x)
         return f if self.head is None else self.head(F.normalize(f, dim=1))
 
-    def set_zero_shot_head(self, text_features: torch.Tensor, text_proj: nn.Module | None = None) -> nn.Linear:
-        """Fold Rep-VLI's text side into ``self.head``: ``model(points)`` then returns zero-shot logits."""
-        self.head = fold_text_head(text_features, text_proj)
+    def set_zero_shot_head(self, text_features: torch.Tensor, text_proj: nn.Module | None = None,
+                           names: list[str] | None = None) -> nn.Linear:
+        """Fold Rep-VLI's text side into ``self.head``: ``model(points)`` then returns zero-shot logits.
+
+        ``text_proj`` defaults to the model's own (the zoo's models carry it). The head is derived, not
+        saved: it is not in the state dict, so a checkpoint loads whatever the class list."""
+        text_proj = text_proj if text_proj is not None else self.text_proj
+        expected = text_proj.in_features if isinstance(text_proj, nn.Linear) else self.cfg.out_channels
+        if text_features.ndim == 2 and text_features.shape[1] != expected:
+            raise ZooError(f"category features are {text_features.shape[1]}-d but the head takes {expected}-d "
+                           f"({'text_proj input' if text_proj is not None else 'the model output'}); encode the "
+                           "categories with the text encoder the model was aligned to (SVL's weights: OpenShape's OpenCLIP "
+                           "bigG-14 files, e.g. cat_name_pt_feat.npy)")
+        head = fold_text_head(text_features, text_proj)
+        device = next(self.final.parameters()).device
+        self.head = _FoldedHead(head.in_features, head.out_features).to(device)
+        with torch.no_grad():
+            self.head.weight.copy_(head.weight)
+        self.head.requires_grad_(False)
+        if names is not None:
+            if len(names) != len(text_features):
+                raise ZooError(f"{len(names)} category names but {len(text_features)} feature rows")
+            self.names = list(names)
         return self.head
+
+    def restore_from_checkpoint(self, ckpt) -> None:
+        """``zoo.load``: after the weights, fold the requested classes (SVL checkpoints: with their
+        ``text_proj``; the zoo's demo file: its shipped category features)."""
+        proj = self.text_proj
+        if proj is None and isinstance(ckpt, dict) and isinstance(ckpt.get("text_proj"), dict):
+            proj = text_proj_from_checkpoint(ckpt)
+        if self.classes is not None:
+            names, feats = self.classes
+            self.set_zero_shot_head(feats, proj, names)
+        elif isinstance(ckpt, dict) and ZERO_SHOT_KEY in ckpt:  # names: the card's classes (zoo.load sets them)
+            self.set_zero_shot_head(ckpt[ZERO_SHOT_KEY].float(), proj)
+
+
+ZERO_SHOT_KEY = "zero_shot.category_features"  # the zoo's files: the default classes' text features
+
+
+class _FoldedHead(nn.Linear):
+    """The Rep-VLI head (bias-free ``nn.Linear``), kept out of the state dict: it is derived from category
+    features, so checkpoints stay class-agnostic."""
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__(in_features, out_features, bias=False)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        pass
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        pass
+
+
+def drop_zero_shot(state: dict) -> dict:
+    """Converter for the zoo's own files: the category features are not weights (see ``restore_from_checkpoint``)."""
+    return {k: v for k, v in state.items() if not k.startswith("zero_shot.")}
 
 
 @torch.no_grad()

@@ -133,7 +133,7 @@ def test_rep_vli_folded_head_equals_the_unfolded_zero_shot_logits():
         logits = model(t["points"])
     assert isinstance(head, torch.nn.Linear) and head.bias is None and tuple(head.weight.shape) == (7, 32)
     torch.testing.assert_close(logits, unfolded, rtol=1e-5, atol=1e-6)
-    assert "head.weight" in model.state_dict()
+    assert "head.weight" not in model.state_dict()  # derived from the category features, never saved
 
 
 def test_fold_text_head_rejects_bad_features():

@@ -8,13 +8,13 @@ import torch
 import neurons
 import zoo
 from tasks.pointcloud.e3dsnn import text_proj_from_checkpoint
-from tasks.pointcloud.models import CARDS, name_of
+from tasks.pointcloud.models import CARDS, DEMO, name_of
 from zoo.errors import WeightsError, ZooError
 
 
 def test_cards_are_registered_with_the_official_parameter_counts():
     names = zoo.list_models(task="pointcloud")
-    assert names == sorted(name_of(s) for s in CARDS)
+    assert names == sorted([*(name_of(s) for s in CARDS), DEMO])
     params = {s: zoo.info(name_of(s)).params for s in CARDS}
     assert params == {"t": 2_034_176, "s": 3_470_784, "l": 17_649_280, "h": 47_051_648}
     h = zoo.info(name_of("h"))
