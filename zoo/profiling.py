@@ -23,7 +23,11 @@ AC counts are exact (each input's count times its real fan-out, borders,
 strides, dilation and groups included), not ``rate x dense FLOPs``. The paper
 convention ``SOP = fr x T x FLOPs`` is the same number up to border effects.
 Operations outside Conv/Linear layers (attention matmuls, norms, additions)
-are not counted; models that need them counted wrap them in layers.
+are not counted; models that need them counted wrap them in layers. A layer that
+is neither (a sparse convolution, say) counts itself: a module with
+``profile_operations(input, output) -> {"dense": MACs as a dense op, "acs": event
+accumulates or None (real-valued input: the dense MACs), "input_rate": ...}`` is
+hooked like a Conv.
 
 Energy per operation comes from SpikingJelly's ``SimpleEnergyCostConfig``
 presets (Horowitz 2014, 45 nm): ``fp32`` (4.6 / 0.9 pJ, the papers'
@@ -175,8 +179,17 @@ class _Counter:
                 self.count_neuron(name, module, out, scale)
         return hook
 
-    def count_layer(self, name: str, module: nn.Module, x: torch.Tensor, out: torch.Tensor) -> None:
+    def count_layer(self, name: str, module: nn.Module, x, out) -> None:
         s = self.stats.setdefault(name, LayerStats(name, type(module).__name__, _params(module)))
+        if hasattr(module, "profile_operations"):  # a weight layer that counts itself (e.g. a sparse conv)
+            ops = module.profile_operations(x, out)
+            s.dense_ops += ops["dense"]
+            if ops.get("acs") is None:
+                s.macs += ops["dense"]
+            else:
+                s.acs += ops["acs"]
+                s.input_rate = ops.get("input_rate")
+            return
         dense = _dense_macs(module, x, out)
         s.dense_ops += dense
         if isinstance(module, neurons.Synapse):  # built for a count neuron: it knows its counts
@@ -213,7 +226,7 @@ def profile(model: nn.Module, *inputs, preset: str = "fp32", **kwargs) -> Profil
     counter = _Counter(tracker)
     hooks = []
     for name, m in model.named_modules():
-        if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)):
+        if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) or hasattr(m, "profile_operations"):
             hooks.append(m.register_forward_hook(counter.weight_hook(name), with_kwargs=True))
         elif spiking_neuron_scale(m) is not None:
             hooks.append(m.register_forward_hook(counter.neuron_hook(name)))

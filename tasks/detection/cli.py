@@ -14,6 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
+from zoo import options
 from zoo.errors import ZooError
 from zoo.plugin import Profiling, Verb
 
@@ -47,20 +48,6 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     _add_model_options(parser, _RELEASED)
 
 
-def _device(name: str | None) -> str:
-    import torch
-
-    if name is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise ZooError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ZooError(f"device {name!r} asked for but CUDA is not available; use --device cpu")
-    return name
-
-
 def _imgsz(args, name: str) -> int:
     if args.imgsz is not None:
         if args.imgsz <= 0:
@@ -76,7 +63,7 @@ def _load_model(args):
     import zoo
     from zoo import registry
 
-    device = _device(args.device)
+    device = options.device(args.device)
     if args.weights is None and registry.info(args.target).weights is None:
         raise ZooError(f"{args.target} has no released weights; pass --weights PATH")
     return zoo.load(args.target, pretrained=args.weights is None, weights=args.weights,
@@ -153,48 +140,16 @@ def run_eval(args) -> None:
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, metavar="PATH",
                         help="data set folder with train and val splits (COCO, YOLO, VOC, Gen1)")
-    parser.add_argument("--epochs", type=int, default=None, metavar="N", help="epochs (default 300, the official recipe)")
-    parser.add_argument("--batch", type=int, default=None, metavar="N", help="batch size per process (default 40)")
-    parser.add_argument("--out", default="runs/train", metavar="DIR",
-                        help="run folder: last.pt (resumable) and best.safetensors (default runs/train)")
-    parser.add_argument("--resume", nargs="?", const="", default=None, metavar="PATH",
-                        help="continue a run: its last.pt, or its run folder (no value: the --out folder's last.pt)")
-    parser.add_argument("--time-limit", type=float, default=None, metavar="S", help="stop after the epoch that passes S seconds")
-    parser.add_argument("--workers", type=int, default=None, metavar="N", help="data loader processes (default 0)")
-    parser.add_argument("--set", nargs="*", default=None, metavar="KEY=VALUE", help="other recipe values, e.g. lr0=0.02 mosaic=0.5")
+    options.add_training_options(parser, epochs="300, the official recipe", batch="40")
     _add_model_options(parser, "initial weights (default: random initialisation, as the official recipe)")
 
 
-def resume_path(resume: str | None, out: str) -> Path | None:
-    """``--resume``: a ``last.pt``, a run folder holding one, or (empty) the ``--out`` folder's."""
-    if resume is None:
-        return None
-    path = Path(resume or out)
-    if path.is_dir():
-        path = path / "last.pt"
-    if not path.is_file():
-        raise ZooError(f"--resume: no checkpoint at {path}; pass a run's last.pt or its folder (zoo train writes OUT/last.pt)")
-    return path
-
-
 def _recipe(args):
-    from dataclasses import fields
-
     from .train import TrainConfig
 
     cfg = TrainConfig()
-    types = {f.name: f.type for f in fields(TrainConfig)}
     cfg.imgsz = _imgsz(args, args.target)
-    for key, value in (("epochs", args.epochs), ("batch", args.batch), ("time_limit", args.time_limit),
-                       ("workers", args.workers)):
-        if value is not None:
-            setattr(cfg, key, value)
-    for item in args.set or []:
-        key, _, value = item.partition("=")
-        if key not in types or not value:
-            raise ZooError(f"--set {item!r}: expected KEY=VALUE with KEY one of {', '.join(types)}")
-        setattr(cfg, key, float(value) if types[key] in ("float", float) else int(value))
-    return cfg
+    return options.recipe(cfg, args)
 
 
 def run_train(args) -> None:
@@ -204,18 +159,18 @@ def run_train(args) -> None:
     from .evaluate import evaluate
     from .train import train
 
-    resume = resume_path(args.resume, args.out)
+    resume = options.resume_path(args.resume, args.out)
     cfg = _recipe(args)
     train_set, val_set = load_dataset(args.data, split="train"), load_dataset(args.data, split="val")
     names = getattr(train_set, "names", None)
     options = {"nc": len(names)} if names else {}
-    model = zoo.load(args.target, pretrained=False, weights=args.weights, device=_device(args.device), **options)
+    model = zoo.load(args.target, pretrained=False, weights=args.weights, device=options.device(args.device), **options)
 
     def validate(ema_model):
         res = evaluate(ema_model, val_set, imgsz=cfg.imgsz, batch_size=min(cfg.batch, 16), energy=False)
         return {"map50": res.map50, "map50_95": res.map50_95}
 
-    metrics = train(model, train_set, val_set, cfg=cfg, out=args.out, resume=resume, device=_device(args.device),
+    metrics = train(model, train_set, val_set, cfg=cfg, out=args.out, resume=resume, device=options.device(args.device),
                     evaluate=validate)
     for data in (train_set, val_set):
         if data.box_summary():

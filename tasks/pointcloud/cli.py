@@ -14,6 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
+from zoo import options
 from zoo.errors import ZooError
 from zoo.plugin import Profiling, Verb
 
@@ -30,20 +31,6 @@ def _model_options(parser: argparse.ArgumentParser, weights_help: str) -> None:
 _RELEASED = "weights file: an SVL checkpoint as downloaded or the zoo's safetensors (default: the released weights)"
 
 
-def _device(name):
-    import torch
-
-    if name is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise ZooError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ZooError(f"device {name!r} asked for but CUDA is not available; use --device cpu")
-    return name
-
-
 def _num_points(args) -> int:
     from zoo import registry
 
@@ -55,14 +42,14 @@ def _num_points(args) -> int:
     return int(size[1]) if len(size) == 3 else 10000
 
 
-def _load(args, **options):
+def _load(args, **load_options):
     import zoo
     from zoo import registry
 
     if args.weights is None and registry.info(args.target).weights is None:
         raise ZooError(f"{args.target} has no released weights; pass --weights PATH (e.g. an SVL checkpoint)")
     return zoo.load(args.target, pretrained=args.weights is None, weights=args.weights, mode=args.mode,
-                    device=_device(args.device), **options)
+                    device=options.device(args.device), **load_options)
 
 
 def _text_proj(args):
@@ -122,38 +109,14 @@ def run_eval(args) -> None:
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, metavar="PATH",
                         help="OpenShape's meta_data folder with split/train_all.json (test sets in it are evaluated)")
-    parser.add_argument("--epochs", type=int, default=None, metavar="N", help="epochs (default 250, SVL's)")
-    parser.add_argument("--batch", type=int, default=None, metavar="N", help="batch size per process (default 128)")
-    parser.add_argument("--out", default="runs/train", metavar="DIR",
-                        help="run folder: last.pt (SVL layout, resumable) and best.safetensors (default runs/train)")
-    parser.add_argument("--resume", nargs="?", const="", default=None, metavar="PATH",
-                        help="continue a run: its last.pt or its folder (no value: the --out folder's last.pt)")
-    parser.add_argument("--time-limit", type=float, default=None, metavar="S", help="stop after the epoch that passes S seconds")
-    parser.add_argument("--workers", type=int, default=None, metavar="N", help="data loader processes (default 0)")
-    parser.add_argument("--set", nargs="*", default=None, metavar="KEY=VALUE", help="other recipe values, e.g. lr=1e-3 warmup_epochs=1")
+    options.add_training_options(parser, epochs="250, SVL's", batch="128")
     _model_options(parser, "initial weights (default: random initialisation, as SVL)")
 
 
 def _recipe(args):
-    from dataclasses import fields
-
     from .train import TrainConfig
 
-    cfg = TrainConfig(num_points=_num_points(args))
-    types = {f.name: f.type for f in fields(TrainConfig)}
-    for key, value in (("epochs", args.epochs), ("batch", args.batch), ("time_limit", args.time_limit),
-                       ("workers", args.workers)):
-        if value is not None:
-            setattr(cfg, key, value)
-    for item in args.set or []:
-        key, _, value = item.partition("=")
-        if key not in types or not value:
-            raise ZooError(f"--set {item!r}: expected KEY=VALUE with KEY one of {', '.join(types)}")
-        try:
-            setattr(cfg, key, float(value) if types[key] in ("float", float) else int(value))
-        except ValueError:
-            raise ZooError(f"--set {item!r}: {key} takes a {types[key]}") from None
-    return cfg
+    return options.recipe(TrainConfig(num_points=_num_points(args)), args)
 
 
 def run_train(args) -> None:
@@ -164,20 +127,14 @@ def run_train(args) -> None:
     from .evaluate import zero_shot
     from .train import train
 
-    resume = None
-    if args.resume is not None:
-        path = Path(args.resume or args.out)
-        path = path / "last.pt" if path.is_dir() else path
-        if not path.is_file():
-            raise ZooError(f"--resume: no checkpoint at {path}; pass a run's last.pt or its folder")
-        resume = path
+    resume = options.resume_path(args.resume, args.out)
     cfg = _recipe(args)
     train_set = OpenShapeTrain(args.data, cfg.num_points, augment=bool(cfg.augment), rgb_drop=cfg.rgb_drop, seed=cfg.seed)
     try:
         tests = load_test_sets(args.data, cfg.num_points)
     except ZooError:
         tests = []
-    device = _device(args.device)
+    device = options.device(args.device)
     model = zoo.load(args.target, pretrained=False, weights=args.weights, device=device)
     first = tests[0] if tests else None
 

@@ -38,58 +38,15 @@ class ZeroShotResult:
 
 @torch.no_grad()
 def sparse_energy(model: nn.Module, points: torch.Tensor, preset: str = "fp32") -> dict:
-    """Firing rate, MACs, ACs and energy of one forward, counting the sparse convs explicitly.
+    """Firing rate, MACs, ACs and energy of one forward (:func:`zoo.profile`, which counts the sparse convs
+    from their kernel maps through their ``profile_operations``: a spike-fed conv (``Spike*Conv3d``) costs one
+    AC per unit event per existing pair, a conv on real values (the stem's first, ``final``) its dense MACs
+    over those pairs). Energy = 4.6 pJ x MACs + 0.9 pJ x ACs (fp32, 45 nm, as the papers)."""
+    from zoo.profiling import profile
 
-    :func:`zoo.profiling.profile` counts dense Conv / Linear layers; the sparse convs here are not
-    ``nn.Conv3d``, so they are counted from their kernel maps: a spike-fed conv (``Spike*Conv3d``)
-    costs ``event_acs`` (one AC per unit event per pair reached), a conv on real values (the stem's first,
-    ``final``) ``dense_ops`` MACs; the zero-shot head (Linear on real features) costs MACs.
-    Energy = 4.6 pJ x MACs + 0.9 pJ x ACs (fp32, 45 nm, as the papers).
-    """
-    from zoo.profiling import PRESETS
-
-    from .sparse import SparseConvBase
-
-    cost = PRESETS[preset]()
-    macs = acs = 0
-    rate_sum = rate_n = 0.0
-    hooks = []
-
-    def conv_hook(module, args, out):
-        nonlocal macs, acs
-        if isinstance(module, neurons.Synapse):
-            acs += module.event_acs(module.input_counts(args[0].features))
-        else:
-            macs += module.dense_ops()
-
-    def linear_hook(module, args, out):
-        nonlocal macs
-        macs += args[0].numel() // args[0].shape[-1] * module.in_features * module.out_features
-
-    def neuron_hook(module, args, out):
-        nonlocal rate_sum, rate_n
-        counts = (out / module.levels.scale).abs()
-        rate_sum += float(counts.double().sum())
-        rate_n += out.numel()
-
-    for m in model.modules():
-        if isinstance(m, SparseConvBase):
-            hooks.append(m.register_forward_hook(conv_hook))
-        elif isinstance(m, nn.Linear) and m is not getattr(model, "text_proj", None):
-            hooks.append(m.register_forward_hook(linear_hook))
-        elif is_count_neuron(m):
-            hooks.append(m.register_forward_hook(neuron_hook))
-    was_training = model.training
-    try:
-        model.eval()
-        model(points)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
-    energy = (macs * cost.e_mac_pj + acs * cost.e_ac_pj) * 1e-9
-    return {"firing_rate": rate_sum / rate_n if rate_n else None, "macs": int(macs), "acs": int(acs),
-            "energy_mj": energy, "preset": preset}
+    p = profile(model, points, preset=preset)
+    return {"firing_rate": p.firing_rate, "macs": int(p.macs), "acs": int(p.acs), "energy_mj": p.energy_mj,
+            "preset": preset}
 
 
 @torch.no_grad()

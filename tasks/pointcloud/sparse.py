@@ -335,6 +335,15 @@ class SparseConvBase(nn.Module):
         per_site = counts.abs().to(torch.float64).sum(1)
         return int((self.fan_out.to(torch.float64) * per_site).sum().item()) * self.out_channels
 
+    def profile_operations(self, x, out) -> dict:
+        """:func:`zoo.profile`'s hook for layers that are no Conv: the last forward's exact operations, over
+        the kernel pairs that exist (a synapse fed by a count neuron: accumulates; else dense MACs)."""
+        if isinstance(self, Synapse):
+            counts = self.input_counts(x.features)
+            return {"dense": self.dense_ops(), "acs": self.event_acs(counts),
+                    "input_rate": float(counts.abs().float().mean())}
+        return {"dense": self.dense_ops(), "acs": None}
+
     def extra_repr(self) -> str:
         s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}"
         if self.stride != (1, 1, 1):

@@ -128,14 +128,33 @@ def _firing(model):
     return model.eval()
 
 
+def _spiking_conv_inputs(model, points):
+    """(spike-fed sparse conv, its input features) of one forward, caught with plain hooks."""
+    import neurons
+    from tasks.pointcloud.sparse import SparseConvBase
+
+    seen, hooks = [], []
+    for m in model.modules():
+        if isinstance(m, SparseConvBase) and isinstance(m, neurons.Synapse):
+            hooks.append(m.register_forward_hook(lambda mod, args, out: seen.append((mod, args[0].features))))
+    with torch.no_grad():
+        model(points)
+    for h in hooks:
+        h.remove()
+    return seen
+
+
 def test_sparse_energy_counts_sparse_convs_from_their_kernel_maps():
     torch.manual_seed(0)
     model = _firing(E3DSNN(E3DSNNConfig(4, (4, 4, 8, 8), (1, 1, 1, 1), out_channels=16, voxel_size=0.1)))
     points = torch.rand(1, 300, 6)
-    e = sparse_energy(model, points)
+    e = sparse_energy(model, points)  # zoo.profile, through the sparse convs' profile_operations
     assert e["acs"] > 0 and 0 < e["firing_rate"]
     dense = model.stem[0].dense_ops() + model.final.dense_ops()  # the two convs on real values
-    assert e["macs"] == dense
+    head = model.head.in_features * model.head.out_features if isinstance(getattr(model, "head", None), nn.Linear) else 0
+    assert e["macs"] == dense + head
+    by_hand = sum(m.event_acs(m.input_counts(feats)) for m, feats in _spiking_conv_inputs(model, points))
+    assert e["acs"] == by_hand
     assert e["energy_mj"] == pytest.approx((4.6 * e["macs"] + 0.9 * e["acs"]) * 1e-9)
 
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from tasks.detection.cli import resume_path
+from zoo.options import resume_path
 from zoo.errors import ZooError
 
 
