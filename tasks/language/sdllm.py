@@ -66,6 +66,8 @@ __all__ = ["SDLLMConfig", "SDLinear", "convert", "quantize_weight", "dequantize_
            "replace_structure", "pack_state", "unpack_state", "GAMMA_RULES"]
 
 GAMMA_RULES = ("mse", "mean", "percentile")
+GAMMA_MODES = ("static", "per_token")
+TOKEN_EPS = 1e-12  # floor of mean|x_t| (an all-zero token gets counts 0)
 
 
 @dataclass
@@ -84,19 +86,41 @@ class SDLLMConfig:
     samples_per_layer: int = 1 << 16  # activation values kept per layer for the gamma search
     targets: Sequence[str] | None = None  # names (suffixes) of the linears to convert; None: every linear of the blocks
     spiking_attention: bool = False  # also spike Q K^T and P V (tasks.language.spiking_attention)
+    gamma: str = "static"  # "static": one calibrated gamma per layer | "per_token": gamma_t = c * mean|x_t| at run time
+    steps: int | str = 1  # time steps T of D slots: 1 (counts clipped to D), an int T (clipped to T*D), "auto" (per token)
+    max_steps: int | None = None  # bound on T for steps="auto" (None: 127 // D, so counts fit int8)
+    rotate: bool = False  # Hadamard rotation of the residual stream, folded into the weights (tasks.language.rotation)
     seed: int = 0
 
     def __post_init__(self):
         if int(self.D) != self.D or self.D < 1:
             raise ZooError(f"D must be a positive integer, got {self.D!r}")
-        if self.clip is not None and not (1 <= int(self.clip) <= self.D):
-            raise ZooError(f"clip must be an integer in [1, D={self.D}], got {self.clip!r}")
         if self.w_bits and not 2 <= int(self.w_bits) <= 8:
             raise ZooError(f"w_bits must be in 2..8 (or 0 for full-precision weights), got {self.w_bits!r}")
         if self.group_size < 0:
             raise ZooError(f"group_size must be >= 0 (0: one group per output channel), got {self.group_size}")
         if self.gamma_rule not in GAMMA_RULES:
             raise ZooError(f"gamma_rule must be one of {', '.join(GAMMA_RULES)}, got {self.gamma_rule!r}")
+        if self.gamma not in GAMMA_MODES:
+            raise ZooError(f"gamma must be one of {', '.join(GAMMA_MODES)}, got {self.gamma!r}")
+        if self.max_steps is not None and not (1 <= int(self.max_steps) and int(self.max_steps) * self.D <= 127):
+            raise ZooError(f"max_steps must be in 1..{127 // self.D} (counts up to max_steps * D must fit int8), "
+                           f"got {self.max_steps!r}")
+        if self.steps != "auto" and not (isinstance(self.steps, int) and 1 <= self.steps and self.steps * self.D <= 127):
+            raise ZooError(f"steps must be 'auto' or an integer T in 1..{127 // self.D} (T * D <= 127), got {self.steps!r}")
+        if self.clip is not None and not (1 <= int(self.clip) <= self.bound_without_clip):
+            raise ZooError(f"clip must be an integer in [1, {self.bound_without_clip}] (D={self.D} x steps), got {self.clip!r}")
+
+    @property
+    def bound_without_clip(self) -> int:
+        if self.steps == "auto":
+            return (int(self.max_steps) if self.max_steps else 127 // self.D) * self.D
+        return int(self.steps) * self.D
+
+    @property
+    def bound(self) -> int:
+        """The largest |count| a converted layer emits: ``clip``, else ``D`` x the largest number of steps."""
+        return int(self.clip) if self.clip is not None else self.bound_without_clip
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -185,13 +209,78 @@ def group_epilogue(P: torch.Tensor, scales: torch.Tensor, gamma) -> torch.Tensor
 @torch.library.custom_op("spiking_zoo::group_linear", mutates_args=())
 def group_linear(counts: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
     """``[N, in]`` counts -> ``[N, out]``: exact group partials and the shared epilogue, as one opaque op
-    (so ``torch.compile`` calls the BLAS batched product instead of unrolling it into slower loops)."""
+    (so ``torch.compile`` calls the BLAS batched product instead of unrolling it into slower loops).
+    ``gamma``: a scalar tensor (static) or ``[N, 1]`` (one factor per row: per-token gamma)."""
     return group_epilogue(group_partials(counts, codes), scales, gamma)
 
 
 @group_linear.register_fake
 def _(counts, codes, scales, gamma):
     return counts.new_empty((counts.shape[0], codes.shape[-1]), dtype=torch.float32)
+
+
+def sqp_encode(x: torch.Tensor, gamma: torch.Tensor, bound: int, per_token: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """gamma-SQP step 1: ``(counts, g)`` with ``counts = ternary_counts(x, g, bound)`` and ``g`` the step:
+    ``gamma`` (static, one per layer) or ``gamma * mean_i |x_ti|`` per token (one reduction per token,
+    shape ``[..., 1]``). Computed in fp32."""
+    x = x.float()
+    g = gamma.float()
+    if per_token:
+        g = g * x.abs().mean(-1, keepdim=True).clamp_min(TOKEN_EPS)
+    return neurons.ternary_counts(x, g, bound), g
+
+
+class SQPEncoder(neurons.Ternary):
+    r"""SDLLM's two-step gamma-SQP encoder: float -> integer count -> ternary spike train.
+
+    .. math::
+        g = \gamma \ \text{(static)} \quad\text{or}\quad g_t = \gamma \cdot \tfrac{1}{n}\textstyle\sum_i |x_{ti}|
+        \ \text{(per token)}, \qquad C = \operatorname{round}(\operatorname{clip}(x / g, -B, B))
+
+    Step 2 (count -> spike train, in the synapse's spike-driven mode): ``C`` becomes ``T x D`` ternary slots,
+    ``T = ceil(max|C| / D)`` chosen from the counts (Int2Spike's temporal expansion: a count above ``D``
+    costs more events, not accuracy). ``B = T_max * D`` bounds the count (``clip`` when set: membrane-potential
+    clipping, fewer events). The neuron emits the integer counts (``Levels.scale = 1``); its step ``g`` (a
+    scalar, or one factor per token) is :attr:`row_gamma`, applied once in the synapse's shared epilogue.
+    Source: SDLLM (2026, gamma-SQP; no public code), BICLab/Int2Spike ``SpikeCountTernaryLIFNode`` (T from the
+    counts), BICLab/SpikingBrain-7B ``dynamic_spikes`` (a per-token threshold ``mean|x| / k``).
+    """
+
+    def __init__(self, D: int = 7, gamma: float = 1.0, bound: int | None = None, per_token: bool = False):
+        super().__init__(D=D, gamma=gamma)
+        self.bound = int(bound or D)
+        self.per_token = bool(per_token)
+        self.row_gamma: torch.Tensor | None = None  # the step of the last forward (scalar or [..., 1])
+
+    @property
+    def levels(self) -> neurons.Levels:
+        return neurons.Levels(D=self.bound, signed=True, scale=1.0)
+
+    @property
+    def slots(self) -> int:
+        """``D``: ternary slots per time step."""
+        return self._D
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        counts, self.row_gamma = sqp_encode(x, self.gamma, self.bound, self.per_token)
+        return counts
+
+    def extra_repr(self) -> str:
+        mode = "per-token gamma = %g * mean|x|" % float(self.gamma) if self.per_token else f"gamma={float(self.gamma):g}"
+        return f"D={self._D}, bound={self.bound}, {mode}"
+
+
+def _row_gamma(neuron, rows: int, lead: tuple) -> torch.Tensor:
+    g = neuron.row_gamma
+    if g is None:
+        raise ZooError("GroupQuantLinear fed by an SQPEncoder needs the encoder's step: call the SDLinear, "
+                       "not its inner linear alone")
+    if g.ndim == 0:
+        return g.float()
+    if tuple(g.shape[:-1]) != lead:
+        raise ZooError(f"the encoder's per-token gamma has shape {list(g.shape)}, the counts {list(lead)} rows; "
+                       "call the SDLinear, not its inner linear")
+    return g.reshape(rows, 1).float()
 
 
 class GroupQuantLinear(neurons.SpikeLinear):
@@ -201,32 +290,43 @@ class GroupQuantLinear(neurons.SpikeLinear):
     one scale :math:`s_{o,g}` per output row and input group :math:`g`:
 
     .. math::
-        y_o = \gamma \sum_g s_{o,g} P_{o,g} + b_o, \qquad P_{o,g} = \sum_{i \in g} q_{o,i} C_i
+        y_o = \gamma_t \sum_g s_{o,g} P_{o,g} + b_o, \qquad P_{o,g} = \sum_{i \in g} q_{o,i} C_i
 
-    Each :math:`P` is an integer below :math:`2^{24}` (``qmax * D * group``),
+    Each :math:`P` is an integer below :math:`2^{24}` (``qmax * bound * group``),
     so fp32 computes it exactly in any summation order. Integer mode computes
-    :math:`P` from the counts, spike-driven mode as the sum over the ``D``
+    :math:`P` from the counts, spike-driven mode as the sum over the ``T x D``
     slots of the events' integer partials; both then share the same
-    epilogue, so the two modes give bit-identical outputs however long the
+    epilogue (``gamma_t``: the encoder's step, one per layer or one per token),
+    so the two modes give bit-identical outputs however long the
     input (a plain fp32 ``W_q x`` would differ in the last bits, and a later
-    ``round`` can turn that into a different count). Without quantised weights
-    (``w_bits = 0``) or past the exactness bound, it is a plain SpikeLinear.
+    ``round`` can turn that into a different count). Integer mode uses the
+    CPU's int8 x int8 -> int32 GEMM where :mod:`tasks.language.int_kernels` finds it fast (decode-sized
+    inputs; same integers, so the same outputs). Without quantised weights
+    (``w_bits = 0``) or past the exactness bound, it is a plain product with the epilogue factor.
     """
 
     def __init__(self, *args, w_bits: int = 4, group_size: int = 128, **kwargs):
         super().__init__(*args, **kwargs)
         self.w_bits = int(w_bits or 0)
         self.group_size = int(group_size)
-        self._grid = None  # (key, codes [G, g, out] fp32, scales [G, 1, out] fp32)
+        self._grid = None  # (key, codes [G, g, out] fp32, scales [G, 1, out] fp32, codes int8 [out, G*g])
+
+    def _key(self):
+        w = self.weight
+        return (w.data_ptr(), w._version, w.device, w.dtype)
 
     def _codes(self):
-        w = self.weight
-        key = (w.data_ptr(), w._version, w.device, w.dtype)
-        if self._grid is None or self._grid[0] != key:
-            codes, scales = quantize_weight(w, self.w_bits, self.group_size)  # exact: w is on the grid
+        if self._grid is None or self._grid[0] != self._key():
+            codes, scales = quantize_weight(self.weight, self.w_bits, self.group_size)  # exact: w is on the grid
             cg, _ = _grouped(codes.float(), self.group_size)  # [out, G, g]
-            self._grid = (key, cg.permute(1, 2, 0).contiguous(), scales.t().unsqueeze(1).contiguous())
+            self._grid = (self._key(), cg.permute(1, 2, 0).contiguous(), scales.t().unsqueeze(1).contiguous(),
+                          cg.reshape(cg.shape[0], -1).to(torch.int8).contiguous())
         return self._grid[1], self._grid[2]
+
+    def int8_codes(self) -> torch.Tensor:
+        """The weight codes as int8 ``[out, G*g]`` (zero-padded groups): 1 byte per weight, for the int8 GEMM."""
+        self._codes()
+        return self._grid[3]
 
     def _exact(self) -> bool:
         lv = self.levels
@@ -238,43 +338,80 @@ class GroupQuantLinear(neurons.SpikeLinear):
     def _partials(self, counts: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         return group_partials(counts, codes)
 
+    def _slots(self, counts: torch.Tensor) -> int:
+        """``T x D`` slots for these counts: ``T = ceil(max|C| / D)`` (at least one step)."""
+        neuron = self.__dict__.get("_source_neuron")
+        D = neuron.slots if isinstance(neuron, SQPEncoder) else self.levels.D
+        top = int(counts.abs().max()) if counts.numel() else 0
+        return max(1, -(-top // D)) * D
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lv = self.levels
+        neuron = self.__dict__.get("_source_neuron")
+        if not isinstance(neuron, SQPEncoder):  # a plain count neuron: values in, the classic SpikeLinear
+            return self._forward_values(x)
+        counts = self.input_counts(x) if self.spike_driven else torch.round(x.float())
+        flat = counts.reshape(-1, self.in_features)
+        gamma = _row_gamma(neuron, flat.shape[0], tuple(x.shape[:-1]))
+        if not self._exact():
+            if self.spike_driven:
+                events = expand_events(flat, self._slots(flat), True)
+                y = sum(F.linear(e, self.weight.float()) for e in events) * gamma
+            else:
+                y = F.linear(flat, self.weight.float()) * gamma
+        else:
+            codes, scales = self._codes()
+            rows = max(1, CHUNK_ELEMENTS // (codes.shape[0] * codes.shape[2]))
+            outs = []
+            for i, part in enumerate(flat.split(rows)):
+                g = gamma if gamma.ndim == 0 else gamma[i * rows: i * rows + part.shape[0]]
+                if self.spike_driven:  # accumulate the events slot by slot: integer partials, exact
+                    events = expand_events(part, self._slots(part), lv.signed)  # [T*D, n, in], -1/0/+1
+                    outs.append(group_epilogue(sum(self._partials(e, codes) for e in events), scales, g))
+                else:
+                    from .int_kernels import group_linear_auto
+
+                    outs.append(group_linear_auto(part.float(), self, g))
+            y = torch.cat(outs)
+        y = y.reshape(*x.shape[:-1], self.out_features).to(self.weight.dtype)
+        return y if self.bias is None else y + self.bias
+
+    def _forward_values(self, x: torch.Tensor) -> torch.Tensor:
+        """Fed by a classic :class:`neurons.Ternary` (value ``gamma * C`` in, scalar gamma)."""
         if not self._exact():
             return super().forward(x)
         lv = self.levels
         codes, scales = self._codes()
         counts = self.input_counts(x) if self.spike_driven else torch.round(x / lv.scale)
         flat = counts.reshape(-1, self.in_features)
-        gamma = torch.tensor(lv.scale, dtype=torch.float32)  # the neuron's fp32 gamma, exactly
-        rows = max(1, CHUNK_ELEMENTS // (codes.shape[0] * codes.shape[2]))
-        outs = []
-        for part in flat.split(rows):
-            if self.spike_driven:  # accumulate the events slot by slot: integer partials, exact
-                events = expand_events(part, lv.D, lv.signed)  # [D, n, in], -1/0/+1
-                outs.append(group_epilogue(sum(self._partials(e, codes) for e in events), scales, gamma))
-            else:
-                outs.append(group_linear(part.float(), codes, scales, gamma))
-        y = torch.cat(outs)
+        gamma = torch.tensor(lv.scale, dtype=torch.float32)
+        if self.spike_driven:
+            events = expand_events(flat, lv.D, lv.signed)
+            y = group_epilogue(sum(self._partials(e, codes) for e in events), scales, gamma)
+        else:
+            y = group_linear(flat.float(), codes, scales, gamma)
         y = y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
         return y if self.bias is None else y + self.bias
 
 
 class SDLinear(nn.Module):
-    r"""A spike-driven linear layer: :class:`neurons.Ternary` encoder + :class:`neurons.SpikeLinear`.
+    r"""A spike-driven linear layer: :class:`SQPEncoder` + :class:`GroupQuantLinear`.
 
     .. math::
-        C = \operatorname{round}(\operatorname{clip}(x / \gamma, -K, K)), \qquad y = W_q (\gamma C) + b
+        C = \operatorname{round}(\operatorname{clip}(x / g, -B, B)), \qquad y = g\, W_q C + b
 
-    with ``K = clip or D``. Integer mode multiplies the counts; spike-driven mode
-    (``neurons.to_spike_driven``) accumulates ``K`` slots of -1/0/+1 events.
-    ``weight`` / ``bias`` / ``in_features`` / ``out_features`` are those of the
-    inner linear, so code that inspects a replaced ``nn.Linear`` keeps working.
+    with ``g`` the encoder's step (static or per token) and ``B = clip`` or ``T_max x D``. Integer mode
+    multiplies the counts; spike-driven mode (``neurons.to_spike_driven``) accumulates ``T x D`` slots of
+    -1/0/+1 events. ``weight`` / ``bias`` / ``in_features`` / ``out_features`` are those of the
+    inner linear, so code that inspects a replaced ``nn.Linear`` keeps working. ``D``: the count bound ``B``.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, D: int = 7, gamma: float = 1.0,
-                 w_bits: int = 4, group_size: int = 128, device=None, dtype=None):
+                 w_bits: int = 4, group_size: int = 128, device=None, dtype=None, slots: int | None = None,
+                 per_token: bool = False, hadamard: bool = False):
         super().__init__()
-        self.neuron = neurons.Ternary(D=D, gamma=gamma)
+        self.hadamard = bool(hadamard)  # an online block Hadamard on the input (rotation; weights hold W H)
+        self.neuron = SQPEncoder(D=slots or D, gamma=gamma, bound=D, per_token=per_token)
         self.linear = GroupQuantLinear(in_features, out_features, bias=bias, source=self.neuron, w_bits=w_bits,
                                        group_size=group_size, device=device, dtype=dtype)
         self.w_bits = int(w_bits or 0)
@@ -301,10 +438,14 @@ class SDLinear(nn.Module):
         return self.neuron.D
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(self.neuron(x))
+        if self.hadamard:
+            from .rotation import apply_hadamard
+
+            return self.linear(self.neuron(apply_hadamard(x))).to(x.dtype)
+        return self.linear(self.neuron(x)).to(x.dtype)
 
     def extra_repr(self) -> str:
-        return f"w_bits={self.w_bits}, group_size={self.group_size}"
+        return f"w_bits={self.w_bits}, group_size={self.group_size}" + (", online Hadamard" if self.hadamard else "")
 
 
 # ----------------------------------------------------------------------------------------------- structure
@@ -330,10 +471,16 @@ def find_targets(model: nn.Module, targets: Sequence[str] | None = None) -> list
     """
     if any(isinstance(m, SDLinear) for m in model.modules()):
         raise ZooError(f"{type(model).__name__} is already converted (it has SDLinear layers); convert the full-precision model")
+    from .rotation import HadamardLinear
+
     names = []
     for prefix, blocks in _block_lists(model):
+        wrapped = set()
         for sub, m in blocks.named_modules():
-            if isinstance(m, nn.Linear) and not isinstance(m, neurons.SpikeLinear):
+            if isinstance(m, HadamardLinear):  # a linear with an online Hadamard on its input (rotation)
+                wrapped.add(sub + ".linear")
+                names.append(f"{prefix}.{sub}" if prefix else sub)
+            elif isinstance(m, nn.Linear) and not isinstance(m, neurons.SpikeLinear) and sub not in wrapped:
                 names.append(f"{prefix}.{sub}" if prefix else sub)
     if targets is not None:
         wanted = tuple(targets)
@@ -356,12 +503,16 @@ def replace_structure(model: nn.Module, config: SDLLMConfig, names: Sequence[str
 
     Used to rebuild the skeleton of a converted model before loading its cached state.
     """
+    if config.rotate:
+        from .rotation import rotate_structure
+
+        rotate_structure(model)
     names = list(names) if names is not None else find_targets(model, config.targets)
-    bound = config.clip or config.D
     for name in names:
         lin = model.get_submodule(name)
-        sd = SDLinear(lin.in_features, lin.out_features, bias=lin.bias is not None, D=bound,
-                      w_bits=config.w_bits, group_size=config.group_size,
+        sd = SDLinear(lin.in_features, lin.out_features, bias=lin.bias is not None, D=config.bound,
+                      w_bits=config.w_bits, group_size=config.group_size, slots=config.D,
+                      per_token=config.gamma == "per_token", hadamard=not isinstance(lin, nn.Linear),
                       device=lin.weight.device, dtype=lin.weight.dtype)
         _set(model, name, sd)
     if config.spiking_attention:
@@ -524,7 +675,18 @@ def calibrate(model: nn.Module, names: Sequence[str], batches: list[torch.Tensor
     gen = torch.Generator().manual_seed(config.seed)
     stats = {n: _Stats(config.samples_per_layer, gen) for n in names}
     device = next(model.parameters()).device
-    hooks = [model.get_submodule(n).register_forward_pre_hook(lambda m, args, s=stats[n]: s.update(args[0])) for n in names]
+    if config.gamma == "per_token":  # the multiplier c of g_t = c * mean|x_t|: statistics of x_t / mean|x_t|
+        def record(m, args, s):
+            x = args[0].detach().float()
+            s.update(x / x.abs().mean(-1, keepdim=True).clamp_min(TOKEN_EPS))
+    else:
+        def record(m, args, s):
+            s.update(args[0])
+    def site(n):  # what the encoder will see: the input of the linear (after an online Hadamard)
+        m = model.get_submodule(n)
+        return m.linear if not isinstance(m, nn.Linear) and hasattr(m, "linear") else m
+
+    hooks = [site(n).register_forward_pre_hook(lambda m, args, s=stats[n]: record(m, args, s)) for n in names]
     was_training = model.training
     model.eval()
     try:
@@ -554,8 +716,14 @@ def convert(model: nn.Module, calibration, config: SDLLMConfig | dict | None = N
         config = SDLLMConfig()
     elif isinstance(config, dict):
         config = SDLLMConfig(**config)
-    names = find_targets(model, config.targets)
+    find_targets(model, config.targets)  # an unsupported model fails before anything changes
     batches = calibration_batches(calibration, model, tokenizer, config)
+    rotation = None
+    if config.rotate:
+        from .rotation import rotate
+
+        rotation = rotate(model, seed=config.seed)
+    names = find_targets(model, config.targets)
     gammas = calibrate(model, names, batches, config)
     originals = {n: model.get_submodule(n) for n in names}
     replace_structure(model, config, names)
@@ -571,7 +739,7 @@ def convert(model: nn.Module, calibration, config: SDLLMConfig | dict | None = N
         sd.neuron.gamma.fill_(gammas[n])
     if config.spiking_attention:  # calibrated on the converted linears' outputs
         gammas.update(calibrate_attention(model, batches, config))
-    model.sdllm = {"config": config.to_dict(), "layers": names, "gammas": gammas}
+    model.sdllm = {"config": config.to_dict(), "layers": names, "gammas": gammas, "rotation": rotation}
     return model
 
 
