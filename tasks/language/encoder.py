@@ -43,6 +43,8 @@ VARIANTS = {
     "W4 + spikes, per-token gamma, multi-step T": {**_TOKEN, "steps": "auto"},
     "W4 + spikes, per-token gamma, multi-step T + rotation": {**_TOKEN, "steps": "auto", "rotate": True},
     "W4 + spikes, per-token gamma + rotation + clipping (K=7)": {**_TOKEN, "steps": "auto", "rotate": True, "clip": 7},
+    "W4 (GPTQ) + spikes, per-token gamma, multi-step T + rotation": {**_TOKEN, "steps": "auto", "rotate": True,
+                                                                       "gptq": True},
 }
 
 

@@ -4,18 +4,34 @@ Every weight layer inside the model's transformer blocks (Llama / Qwen2:
 ``q k v o gate up down``; BERT-style encoders: every ``nn.Linear`` of the
 encoder layers) becomes an :class:`SDLinear`::
 
-    x --> Ternary(gamma, D) --> counts C in [-D, D] (value gamma * C)
-      --> SpikeLinear(W_q4)   --> integer mode: W_q (gamma C) + b
-                                  spike-driven mode: C expanded into D slots of
-                                  -1/0/+1 events, gamma * W_q accumulates them
+    x --> [online Hadamard] --> SQPEncoder(gamma, D) --> counts C (integers), step g
+      --> GroupQuantLinear(W4 codes) --> integer mode: g * (W_q C) + b (exact integer group sums)
+                                         spike-driven mode: C expanded into T x D slots of
+                                         -1/0/+1 events, their integer partials accumulated
 
-gamma-SQP (spike quantisation with a data-dependent step gamma):
+gamma-SQP, two steps (spike quantisation with a data-dependent step):
 
-* step 1, float -> integer count: ``C = round(clip(x / gamma, -D, D))`` with
-  one ``gamma`` per layer, calibrated on calibration activations (see
-  :data:`GAMMA_RULES`);
-* step 2, count -> spike train: the :class:`neurons.SpikeLinear` expands each
-  count into ``|C|`` ternary events over ``D`` slots (``neurons.to_spike_driven``).
+* step 1, float -> integer count: ``C = round(clip(x / g, -B, B))`` with the
+  step ``g`` either one calibrated ``gamma`` per layer (``gamma="static"``) or,
+  the default, ``g_t = c * mean_i |x_ti|`` per token at run time
+  (``gamma="per_token"``: one reduction per token and layer; ``c`` calibrated
+  per layer with the rule below on ``x / mean|x_t|``). ``g`` is a per-row
+  factor of the shared epilogue, so the exact integer path keeps it;
+* step 2, count -> spike train: a count is ``|C|`` ternary events over
+  ``T x D`` slots, ``T = ceil(max|C| / D)`` chosen per token from the counts
+  (``steps="auto"``, the default, after Int2Spike; ``B = T_max D`` with ``T_max = 127 // D`` so
+  counts fit int8) or fixed (``steps=T``; ``steps=1`` is the classic
+  clip at ``D``). Large activations cost events, not accuracy;
+* outliers before quantisation: ``rotate=True`` (default) rotates the residual
+  stream by a randomised Hadamard matrix folded into the weights, rotates the
+  values per head and puts an online Hadamard before ``down_proj``
+  (:mod:`tasks.language.rotation`; BERT-style encoders fall back to an online
+  Hadamard on every converted linear's input, with a warning);
+* weights: ``gptq=True`` adds GPTQ error compensation (:func:`quantize_weight_gptq`).
+
+The defaults were chosen by measurement (README, language section: the tiny
+Shakespeare Llama's perplexity and all-MiniLM-L6-v2's embedding cosine for
+each variant).
 
 Design choices (SDLLM has no public code; see ``/work/shared/ANCHORS.md``):
 
@@ -25,17 +41,19 @@ Design choices (SDLLM has no public code; see ``/work/shared/ANCHORS.md``):
   ternary events that is 7 slots instead of the 15 an unsigned code needs.
   ``D`` is configurable (``D=4``: 9 levels, 4 slots).
 * ``gamma`` rule ``"mse"`` by default: on a sample of each layer's calibration
-  inputs (64k values), the step among ``mean|x| * c`` (a coarse grid of ``c`` in
+  inputs (64k values; per-token mode: of ``x / mean|x_t|``), the step among ``mean|x| * c`` (a coarse grid of ``c`` in
   [0.05, 4], refined around its best) and ``max|x| / D`` that minimises the quantisation error ``||x - gamma C(x)||^2``. LLM
   activations are heavy-tailed (a few outlier channels): ``max|x|/D`` wastes
   the levels on outliers, a fixed ``mean|x|/k`` (SpikingBrain's dynamic
   threshold, rule ``"mean"``) ignores ``D``; the MSE search adapts to both.
-  ``"percentile"`` (``quantile(|x|, p) / D``) is also available.
+  ``"percentile"`` (``quantile(|x|, p) / D``) is also available. The error is
+  that of one step (counts clipped at ``D``), so the bulk of the values gets
+  ``D`` levels and the few above get more steps.
   Calibration runs the full-precision model once (all layers' statistics in
   one pass).
-* membrane-potential clipping (``clip=K``, ``K < D``): counts are clipped to
-  ``[-K, K]`` with the gamma calibrated for ``D``; fewer events (lower firing
-  rate), at some accuracy cost; the neuron then needs only ``K`` slots.
+* membrane-potential clipping (``clip=K``): counts are clipped to
+  ``[-K, K]`` with the gamma calibrated for ``D``; it bounds ``T`` (``ceil(K / D)``) and lowers the
+  firing rate, at some accuracy cost.
 * weights: symmetric group-wise quantisation along the input dimension
   (``w_bits = 4``, ``group_size = 128``): per group ``s = max|w| / (2^(b-1)-1)``,
   codes ``round(w / s)`` in ``[-(2^(b-1)-1), 2^(b-1)-1]``. The layer holds the
@@ -86,10 +104,12 @@ class SDLLMConfig:
     samples_per_layer: int = 1 << 16  # activation values kept per layer for the gamma search
     targets: Sequence[str] | None = None  # names (suffixes) of the linears to convert; None: every linear of the blocks
     spiking_attention: bool = False  # also spike Q K^T and P V (tasks.language.spiking_attention)
-    gamma: str = "static"  # "static": one calibrated gamma per layer | "per_token": gamma_t = c * mean|x_t| at run time
-    steps: int | str = 1  # time steps T of D slots: 1 (counts clipped to D), an int T (clipped to T*D), "auto" (per token)
+    gamma: str = "per_token"  # "per_token": g_t = c * mean|x_t| at run time (c calibrated) | "static": one per layer
+    steps: int | str = "auto"  # time steps T of D slots: "auto" (per token, T = ceil(max|C| / D)), an int T (counts clipped to T*D; 1: to D)
     max_steps: int | None = None  # bound on T for steps="auto" (None: 127 // D, so counts fit int8)
-    rotate: bool = False  # Hadamard rotation of the residual stream, folded into the weights (tasks.language.rotation)
+    rotate: bool = True  # Hadamard rotation of the residual stream, folded into the weights (tasks.language.rotation)
+    gptq: bool = False  # GPTQ-style error compensation of the weight quantisation (quantize_weight_gptq)
+    gptq_damp: float = 0.01  # GPTQ: damping, a fraction of mean diag(H)
     seed: int = 0
 
     def __post_init__(self):
@@ -159,6 +179,55 @@ def quantize_weight(w: torch.Tensor, bits: int = 4, group_size: int = 128) -> tu
     codes = torch.clamp(torch.round(wg / scales.unsqueeze(-1)), -qmax, qmax).to(torch.int8)
     codes = codes.reshape(w.shape[0], -1)
     return (codes[:, : w.shape[1]] if pad else codes).contiguous(), scales
+
+
+@torch.no_grad()
+def quantize_weight_gptq(w: torch.Tensor, hessian: torch.Tensor, bits: int = 4, group_size: int = 128,
+                         damp: float = 0.01, block: int = 128) -> torch.Tensor:
+    r"""GPTQ: quantise ``w`` ``[out, in]`` column by column onto the symmetric group grid of :func:`quantize_weight`,
+    moving each column's error onto the columns not yet quantised along the inverse Hessian of the layer's
+    inputs (``hessian`` = mean :math:`x^\top x` over calibration tokens). Returns the dequantised weight
+    ``codes * s`` (float64).
+
+    The group scales are fixed beforehand from the original weights (GPTQ's static groups), so
+    :func:`quantize_weight` of the result gives back the same codes: in each group whose largest code
+    ended below ``qmax`` (the compensation moved it), that code is set to ``+-qmax`` (one weight per such group).
+    Source: Frantar et al., "GPTQ" (ICLR 2023), Algorithm 1 (lazy batches, Cholesky of the inverse).
+    """
+    qmax = _qmax(bits)
+    W = w.detach().double().clone()
+    out_f, in_f = W.shape
+    g = group_size if group_size and group_size < in_f else in_f
+    _, scales = quantize_weight(W, bits, g)  # [out, groups]: the static grid
+    col_scale = scales.double().repeat_interleave(g, 1)[:, :in_f]
+    H = hessian.double().clone()
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1.0
+    W[:, dead] = 0.0
+    H += damp * torch.diag(H).mean() * torch.eye(in_f, dtype=H.dtype)
+    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+    Q = torch.zeros_like(W)
+    for i1 in range(0, in_f, block):
+        i2 = min(i1 + block, in_f)
+        W1, Hinv1 = W[:, i1:i2].clone(), Hinv[i1:i2, i1:i2]
+        err1 = torch.zeros_like(W1)
+        for i in range(i2 - i1):
+            s = col_scale[:, i1 + i]
+            q = torch.clamp(torch.round(W1[:, i] / s), -qmax, qmax)
+            Q[:, i1 + i] = q
+            err = (W1[:, i] - q * s) / Hinv1[i, i]
+            W1[:, i:] -= err[:, None] * Hinv1[i, i:][None]
+            err1[:, i] = err
+        W[:, i2:] -= err1 @ Hinv[i1:i2, i2:]
+    pad = (-in_f) % g
+    codes = F.pad(Q, (0, pad)).reshape(out_f, -1, g)
+    top = codes.abs().amax(-1, keepdim=True)
+    arg = codes.abs().argmax(-1, keepdim=True)
+    fix = (top < qmax) & (_grouped(w.detach().double(), g)[0].abs().amax(-1, keepdim=True) > 0)
+    sign = torch.where(codes.gather(-1, arg) < 0, -1.0, 1.0).double()
+    codes.scatter_(-1, arg, torch.where(fix, sign * qmax, codes.gather(-1, arg)))
+    codes = codes.reshape(out_f, -1)[:, :in_f]
+    return codes * col_scale
 
 
 def dequantize_weight(codes: torch.Tensor, scales: torch.Tensor, group_size: int = 128, dtype=torch.float32) -> torch.Tensor:
@@ -670,23 +739,28 @@ def _forward(model: nn.Module, ids: torch.Tensor):
 
 
 @torch.no_grad()
-def calibrate(model: nn.Module, names: Sequence[str], batches: list[torch.Tensor], config: SDLLMConfig) -> dict[str, float]:
-    """Run the full-precision model on the calibration batches; return each target layer's gamma."""
+def calibrate(model: nn.Module, names: Sequence[str], batches: list[torch.Tensor], config: SDLLMConfig,
+              hessians: dict | None = None) -> dict[str, float]:
+    """Run the full-precision model on the calibration batches; return each target layer's gamma.
+    ``hessians``: a dict to fill with each layer's ``(sum x^T x, rows)`` (GPTQ)."""
     gen = torch.Generator().manual_seed(config.seed)
     stats = {n: _Stats(config.samples_per_layer, gen) for n in names}
     device = next(model.parameters()).device
-    if config.gamma == "per_token":  # the multiplier c of g_t = c * mean|x_t|: statistics of x_t / mean|x_t|
-        def record(m, args, s):
-            x = args[0].detach().float()
-            s.update(x / x.abs().mean(-1, keepdim=True).clamp_min(TOKEN_EPS))
-    else:
-        def record(m, args, s):
-            s.update(args[0])
+
+    def record(m, args, s, name):
+        x = args[0].detach().float()
+        if hessians is not None:
+            flat = x.reshape(-1, x.shape[-1]).double()
+            h, rows = hessians.get(name, (0.0, 0))
+            hessians[name] = (h + flat.t() @ flat, rows + flat.shape[0])
+        if config.gamma == "per_token":  # the multiplier c of g_t = c * mean|x_t|: statistics of x_t / mean|x_t|
+            x = x / x.abs().mean(-1, keepdim=True).clamp_min(TOKEN_EPS)
+        s.update(x)
     def site(n):  # what the encoder will see: the input of the linear (after an online Hadamard)
         m = model.get_submodule(n)
         return m.linear if not isinstance(m, nn.Linear) and hasattr(m, "linear") else m
 
-    hooks = [site(n).register_forward_pre_hook(lambda m, args, s=stats[n]: record(m, args, s)) for n in names]
+    hooks = [site(n).register_forward_pre_hook(lambda m, args, s=stats[n], n=n: record(m, args, s, n)) for n in names]
     was_training = model.training
     model.eval()
     try:
@@ -724,13 +798,17 @@ def convert(model: nn.Module, calibration, config: SDLLMConfig | dict | None = N
 
         rotation = rotate(model, seed=config.seed)
     names = find_targets(model, config.targets)
-    gammas = calibrate(model, names, batches, config)
+    hessians = {} if config.gptq and config.w_bits else None
+    gammas = calibrate(model, names, batches, config, hessians)
     originals = {n: model.get_submodule(n) for n in names}
     replace_structure(model, config, names)
     for n in names:
         lin, sd = originals[n], model.get_submodule(n)
         w = lin.weight.detach()
-        if config.w_bits:
+        if config.w_bits and hessians is not None and n in hessians:
+            h, rows = hessians.pop(n)
+            w = quantize_weight_gptq(w, h / rows, config.w_bits, config.group_size, config.gptq_damp).to(w.dtype)
+        elif config.w_bits:
             codes, scales = quantize_weight(w, config.w_bits, config.group_size)
             w = dequantize_weight(codes, scales, config.group_size, dtype=w.dtype)
         sd.linear.weight.copy_(w)
