@@ -148,9 +148,11 @@ def main(argv=None) -> None:
     m.add_argument("--sentences", type=int, default=256)
     m.add_argument("--calib-samples", type=int, default=64)
     m.add_argument("--variant", action="append", default=None, help="; ".join(VARIANTS))
+    m.add_argument("--group-size", type=int, default=128, help="weight quantisation group (default 128)")
     args = p.parse_args(argv)
     try:
-        rows = measure(Path(args.data), Path(args.calib), args.base, args.sentences, args.calib_samples, args.variant)
+        rows = measure(Path(args.data), Path(args.calib), args.base, args.sentences, args.calib_samples, args.variant,
+                       args.group_size)
     except ZooError as e:
         raise SystemExit(f"error: {e}")
     for r in rows:
