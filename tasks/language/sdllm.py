@@ -792,6 +792,10 @@ def convert(model: nn.Module, calibration, config: SDLLMConfig | dict | None = N
         config = SDLLMConfig(**config)
     find_targets(model, config.targets)  # an unsupported model fails before anything changes
     batches = calibration_batches(calibration, model, tokenizer, config)
+    if config.spiking_attention:  # fail before the rotation changes the model
+        from .spiking_attention import require
+
+        require(model)
     rotation = None
     if config.rotate:
         from .rotation import rotate
