@@ -54,7 +54,7 @@ from torch import nn
 from zoo.errors import ZooError
 
 from .int_kernels import group_linear_int8, use_int8
-from .rotation import HadamardLinear, apply_hadamard
+from .rotation import HadamardLinear, _hadamard, block_size
 from .sdllm import SDLinear, group_linear, sqp_encode
 
 __all__ = ["FusedDecoder", "attention_step", "mlp_step"]
@@ -67,7 +67,7 @@ def _rms(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 def _project(x: torch.Tensor, proj: tuple) -> torch.Tensor:
-    """One projection ``(W, b, gamma, bound, per_token, hadamard)``: optionally the online Hadamard of a
+    """One projection ``(W, b, gamma, bound, per_token, H)``: optionally the online Hadamard block ``H`` of a
     rotated model, then SDLLM's gamma-SQP counts (``gamma=None``: full precision), then ``x W^T + b`` in the
     weight's dtype (fp16 copies: half the bytes read per step), result in x's dtype.
 
@@ -75,8 +75,9 @@ def _project(x: torch.Tensor, proj: tuple) -> torch.Tensor:
     :class:`tasks.language.sdllm.GroupQuantLinear`), so decoding sees the eager model's counts; with int8
     codes it runs on the CPU's int8 GEMM (:mod:`tasks.language.int_kernels`, same integers)."""
     w, b, gamma, bound, per_token, had = proj
-    if had:
-        x = apply_hadamard(x)
+    if had is not None:  # the online Hadamard of a rotated model: x H, block by block (had: the [b, b] block)
+        n, blk = x.shape[-1], had.shape[0]
+        x = (x.float().reshape(*x.shape[:-1], n // blk, blk) @ had).reshape(x.shape).to(x.dtype)
     if isinstance(w, tuple):
         counts, g = sqp_encode(x, gamma, bound, per_token)
         flat = counts.reshape(-1, counts.shape[-1])
@@ -141,18 +142,24 @@ def mlp_step(residual, delta, ln_w, eps: float, gate, up, down, gate_up=None):
     residual = residual + delta
     x = _rms(residual, ln_w, eps)
     if gate_up is not None:
-        g, u = _project(x, (gate_up, None, None, 0, False, False)).chunk(2, -1)
+        g, u = _project(x, (gate_up, None, None, 0, False, None)).chunk(2, -1)
     else:
         g, u = _project(x, gate), _project(x, up)
     h = F.silu(g) * u
     return residual, _project(h, down)
 
 
-def _proj(m: nn.Module, int8: bool | None = None, had: bool = False):
+def _hadamard_block(n: int, device) -> torch.Tensor:
+    return _hadamard(block_size(n)).to(device=device, dtype=torch.float32)
+
+
+def _proj(m: nn.Module, int8: bool | None = None, had: torch.Tensor | None = None):
     if isinstance(m, HadamardLinear):
-        return _proj(m.linear, int8, True)
+        return _proj(m.linear, int8, _hadamard_block(m.in_features, m.weight.device))
     if isinstance(m, SDLinear):
-        enc = (m.neuron.gamma, m.neuron.bound, m.neuron.per_token, had or m.hadamard)
+        if m.hadamard and had is None:
+            had = _hadamard_block(m.in_features, m.weight.device)
+        enc = (m.neuron.gamma, m.neuron.bound, m.neuron.per_token, had)
         if m.linear._exact():
             codes, scales = m.linear._codes()
             i8 = use_int8(1, m.neuron.bound, m.weight.device) if int8 is None else int8
@@ -232,7 +239,7 @@ class FusedDecoder:
                 q, k, v = P(att.q_proj), P(att.k_proj), P(att.v_proj)
                 if q[2] is None and k[2] is None and v[2] is None:  # full precision: one GEMV for q|k|v
                     b = None if q[1] is None else torch.cat([q[1], k[1], v[1]])
-                    projs = [(torch.cat([q[0], k[0], v[0]]).contiguous(), b, None, 0, False, False)]
+                    projs = [(torch.cat([q[0], k[0], v[0]]).contiguous(), b, None, 0, False, None)]
                 else:
                     projs = [q, k, v]
                 self.layers.append(_Layer(
@@ -241,8 +248,8 @@ class FusedDecoder:
                     eps2=float(layer.post_attention_layernorm.variance_epsilon),
                     gate=P(mlp.gate_proj), up=P(mlp.up_proj), down=P(mlp.down_proj)))
                 gate, up = self.layers[-1].gate, self.layers[-1].up
-                if gate[1] is None and up[1] is None and gate[2] is None and up[2] is None and not gate[5] \
-                        and not up[5]:  # one GEMV for gate|up
+                if gate[1] is None and up[1] is None and gate[2] is None and up[2] is None and gate[5] is None \
+                        and up[5] is None:  # one GEMV for gate|up
                     self.layers[-1].gate_up = torch.cat([gate[0], up[0]]).contiguous()
             head = model.lm_head
             self.lm_w, self.lm_b = head.weight, head.bias
@@ -287,7 +294,7 @@ class FusedDecoder:
                                          self.n_heads, self.n_kv, self.head_dim)
             residual, delta = self._mlp(residual, delta, L.ln2, L.eps2, L.gate, L.up, L.down, L.gate_up)
         self.pos += 1
-        return _project(inner.norm(residual + delta), (self.lm_w, self.lm_b, None, 0, False, False)).float()
+        return _project(inner.norm(residual + delta), (self.lm_w, self.lm_b, None, 0, False, None)).float()
 
     @torch.no_grad()
     def prefill(self, input_ids: torch.Tensor) -> torch.Tensor:
