@@ -113,9 +113,19 @@ def run(size: str = "134m", new_tokens: int = 32, prompt: int = 16, repeats: int
         t_eager, ref = _time(eager(model), repeats)
         dec, compile_s = fused_paths(model)
         t_fused, out = _time(lambda: dec.generate(ids, new_tokens), repeats)
+        from tasks.language import int_kernels
+
+        int8 = {"available": int_kernels.available(), "cpu": int_kernels.cpu_features()}
+        if int8["available"]:
+            progress("SDLLM: fused decode, group partials as int8 GEMM vs fp32 batched product (both eager)")
+            paths = {k: FusedDecoder(model, max_len=prompt + new_tokens, compile=False, int8=k) for k in (True, False)}
+            times = {k: _time(lambda d=d: d.generate(ids, new_tokens), repeats) for k, d in paths.items()}
+            int8.update(speedup=times[False][0] / times[True][0],
+                        same_tokens=bool(torch.equal(times[True][1], ref) and torch.equal(times[False][1], ref)))
     report["sdllm"] = {"eager_tok_s": new_tokens / t_eager, "fused_tok_s": new_tokens / t_fused,
                        "speedup": t_eager / t_fused, "compile_s": compile_s,
-                       "same_tokens": bool(torch.equal(out, ref)), "activity": activity(model, ref).to_dict()}
+                       "same_tokens": bool(torch.equal(out, ref)), "activity": activity(model, ref).to_dict(),
+                       "int8": int8}
     return report
 
 
@@ -143,6 +153,12 @@ def run_bench(args) -> None:
     print(f"full precision, fp16 weight copies (ClusterFusion's precision): fused decode {h['speedup']:.2f}x the "
           f"tokens/s of transformers eager fp32 generate; logits vs the fp32 path max-abs {h['max_abs_logits']:.2g} "
           f"(ClusterFusion's tolerance 5e-2); same tokens: {h['same_tokens']}")
+    i8 = report["sdllm"]["int8"]
+    if i8["available"]:
+        print(f"SDLLM decode with int8 x int8 -> int32 group partials (torch._int_mm; {i8['cpu']}): "
+              f"{i8['speedup']:.2f}x the fp32 batched product's tokens/s; same tokens as eager: {i8['same_tokens']}")
+    else:
+        print("SDLLM int8 GEMM path: not available on this CPU (the fp32 batched product runs)")
     print(f"SDLLM conversion ({report['calib_sequences']} calibration sequences of 128 tokens + int4 weights + "
           f"layer replacement): {report['conversion_s']:.2f} s")
     for label in ("fp", "sdllm"):

@@ -94,7 +94,7 @@ def _fingerprint(base: Path) -> dict:
 
 def cache_key(name: str, base: Path, config: SDLLMConfig, calib: dict, dtype: str) -> str:
     blob = json.dumps({"name": name, "base": _fingerprint(base), "config": config.to_dict(), "calib": calib,
-                       "dtype": dtype, "format": 1}, sort_keys=True)
+                       "dtype": dtype, "format": 2}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -138,7 +138,10 @@ def calibration_from_tokenizer(tokenizer, texts: list[str] | None, vocab: int, s
     g = torch.Generator().manual_seed(seed)
     if texts and tokenizer is not None:
         ids = tokenizer("\n\n".join(texts), return_tensors="pt")["input_ids"][0]
-        if ids.numel() <= seq_len:
+        if ids.numel() < seq_len:
+            raise ZooError(f"the calibration text has {ids.numel()} tokens, fewer than one sequence of "
+                           f"calib_seq_len={seq_len}; give a longer calib_file or a smaller calib_seq_len")
+        if ids.numel() == seq_len:
             return ids.unsqueeze(0)
         starts = torch.randint(0, ids.numel() - seq_len, (samples,), generator=g)
         return torch.stack([ids[s: s + seq_len] for s in starts.tolist()])

@@ -32,8 +32,10 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
                         help="zero-shot task of the jsonl (default: from its fields)")
     parser.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N questions / windows")
     parser.add_argument("--D", type=int, default=None, help="SDLLM count bound D (default 7)")
-    parser.add_argument("--clip", type=int, default=None, help="SDLLM membrane-potential clipping bound < D")
+    parser.add_argument("--clip", type=int, default=None, help="SDLLM membrane-potential clipping bound on the counts")
     parser.add_argument("--calib-file", default=None, metavar="PATH", help="text file for SDLLM calibration")
+    parser.add_argument("--calib-seq-len", type=int, default=None, metavar="N",
+                        help="SDLLM calibration sequence length in tokens (default 2048; the text must hold one)")
     parser.add_argument("--no-base", action="store_true", help="skip the full-precision base model")
     parser.add_argument("--mode", choices=("integer", "spike"), default="integer", help="integer counts (default) or spike-driven")
 
@@ -85,7 +87,8 @@ def run_eval(args) -> None:
     if not data.is_file():
         raise ZooError(f"--data {data} is not a file")
     base = resolve_base(args.target, args.base, BASES.get(args.target))
-    opts = {k: v for k, v in (("D", args.D), ("clip", args.clip), ("calib_file", args.calib_file)) if v is not None}
+    opts = {k: v for k, v in (("D", args.D), ("clip", args.clip), ("calib_file", args.calib_file),
+                              ("calib_seq_len", args.calib_seq_len)) if v is not None}
     model = zoo.load(args.target, pretrained=False, base=str(base), mode=args.mode, **opts)
     try:
         from transformers import AutoTokenizer

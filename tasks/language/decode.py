@@ -53,9 +53,9 @@ from torch import nn
 
 from zoo.errors import ZooError
 
-from neurons import ternary_counts
-
-from .sdllm import SDLinear, group_linear
+from .int_kernels import group_linear_int8, use_int8
+from .rotation import HadamardLinear, _hadamard, block_size
+from .sdllm import SDLinear, group_linear, sqp_encode
 
 __all__ = ["FusedDecoder", "attention_step", "mlp_step"]
 
@@ -67,19 +67,30 @@ def _rms(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 def _project(x: torch.Tensor, proj: tuple) -> torch.Tensor:
-    """One projection ``(W, b, gamma, D)``: Ternary-encode ``x`` (SDLLM; ``gamma=None``: full precision), then
-    ``x W^T + b`` in the weight's dtype (fp16 copies: half the bytes read per step), result in x's dtype.
+    """One projection ``(W, b, gamma, bound, per_token, H)``: optionally the online Hadamard block ``H`` of a
+    rotated model, then SDLLM's gamma-SQP counts (``gamma=None``: full precision), then ``x W^T + b`` in the
+    weight's dtype (fp16 copies: half the bytes read per step), result in x's dtype.
 
-    ``W = (codes, scales)``: an SDLLM layer's exact integer accumulation (the op of
-    :class:`tasks.language.sdllm.GroupQuantLinear`), so decoding sees the eager model's counts."""
-    w, b, gamma, D = proj
+    ``W = (codes, scales, codes_int8 or None)``: an SDLLM layer's exact integer accumulation (the op of
+    :class:`tasks.language.sdllm.GroupQuantLinear`), so decoding sees the eager model's counts; with int8
+    codes it runs on the CPU's int8 GEMM (:mod:`tasks.language.int_kernels`, same integers)."""
+    w, b, gamma, bound, per_token, had = proj
+    if had is not None:  # the online Hadamard of a rotated model: x H, block by block (had: the [b, b] block)
+        n, blk = x.shape[-1], had.shape[0]
+        x = (x.float().reshape(*x.shape[:-1], n // blk, blk) @ had).reshape(x.shape).to(x.dtype)
     if isinstance(w, tuple):
-        counts = ternary_counts(x, gamma, D)
-        y = group_linear(counts.reshape(-1, counts.shape[-1]).float(), w[0], w[1], gamma.float())
+        counts, g = sqp_encode(x, gamma, bound, per_token)
+        flat = counts.reshape(-1, counts.shape[-1])
+        g = g if g.ndim == 0 else g.reshape(-1, 1)
+        if w[2] is not None:
+            y = group_linear_int8(flat, w[2], w[1], g)
+        else:
+            y = group_linear(flat, w[0], w[1], g)
         y = y.reshape(*x.shape[:-1], w[0].shape[-1]).to(x.dtype)
         return y if b is None else y + b
     if gamma is not None:
-        x = ternary_counts(x, gamma, D) * gamma
+        counts, g = sqp_encode(x, gamma, bound, per_token)
+        x = (counts * g).to(x.dtype)
     if w.dtype == x.dtype:
         return F.linear(x, w, b)
     return F.linear(x.to(w.dtype), w, b).to(x.dtype)
@@ -90,11 +101,12 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), -1)
 
 
-def attention_step(residual, delta, ln_w, eps: float, projs, wo, bo, o_gamma, o_D: int, cos, sin, pos,
+def attention_step(residual, delta, ln_w, eps: float, projs, o, cos, sin, pos,
                    k_cache, v_cache, n_heads: int, n_kv: int, head_dim: int):
     """One decode step of one attention block (see the module docstring); mutates the caches.
 
-    ``projs``: ``[(W, b, gamma, D)]``, either one fused q|k|v projection or three.
+    ``projs``: ``[(W, b, gamma, bound, per_token, hadamard)]`` (see :func:`_project`), either one fused q|k|v
+    projection or three; ``o``: the output projection.
     Shapes: residual / delta ``[B, hidden]``, cos / sin ``[max_len, head_dim]``,
     pos ``[1]`` (long), caches ``[B, n_kv, max_len, head_dim]``.
     """
@@ -120,31 +132,41 @@ def attention_step(residual, delta, ln_w, eps: float, projs, wo, bo, o_gamma, o_
     scores = scores.masked_fill(~valid, float("-inf"))
     probs = torch.softmax(scores.float(), -1).to(q.dtype)
     attn = torch.einsum("bkgs,bksd->bkgd", probs, v_cache).reshape(B, n_heads * head_dim)
-    return residual, _project(attn, (wo, bo, o_gamma, o_D))
+    return residual, _project(attn, o)
 
 
 def mlp_step(residual, delta, ln_w, eps: float, gate, up, down, gate_up=None):
-    """Post-attention residual add, RMSNorm and the SwiGLU MLP; ``gate/up/down = (W, b, gamma, D)``.
+    """Post-attention residual add, RMSNorm and the SwiGLU MLP; ``gate/up/down``: projections (:func:`_project`).
 
     ``gate_up``: full precision only, the gate and up weights stacked ``[2 I, H]`` (one GEMV for both)."""
     residual = residual + delta
     x = _rms(residual, ln_w, eps)
     if gate_up is not None:
-        g, u = _project(x, (gate_up, None, None, 0)).chunk(2, -1)
+        g, u = _project(x, (gate_up, None, None, 0, False, None)).chunk(2, -1)
     else:
         g, u = _project(x, gate), _project(x, up)
     h = F.silu(g) * u
     return residual, _project(h, down)
 
 
-def _proj(m: nn.Module):
+def _hadamard_block(n: int, device) -> torch.Tensor:
+    return _hadamard(block_size(n)).to(device=device, dtype=torch.float32)
+
+
+def _proj(m: nn.Module, int8: bool | None = None, had: torch.Tensor | None = None):
+    if isinstance(m, HadamardLinear):
+        return _proj(m.linear, int8, _hadamard_block(m.in_features, m.weight.device))
     if isinstance(m, SDLinear):
+        if m.hadamard and had is None:
+            had = _hadamard_block(m.in_features, m.weight.device)
+        enc = (m.neuron.gamma, m.neuron.bound, m.neuron.per_token, had)
         if m.linear._exact():
             codes, scales = m.linear._codes()
-            return ((codes, scales), m.linear.bias, m.neuron.gamma, m.neuron.D)
-        return (m.linear.weight, m.linear.bias, m.neuron.gamma, m.neuron.D)
+            i8 = use_int8(1, m.neuron.bound, m.weight.device) if int8 is None else int8
+            return ((codes, scales, m.linear.int8_codes() if i8 else None), m.linear.bias, *enc)
+        return (m.linear.weight, m.linear.bias, *enc)
     if type(m) is nn.Linear:
-        return (m.weight, m.bias, None, 0)
+        return (m.weight, m.bias, None, 0, False, had)
     raise ZooError(f"fused decode supports nn.Linear and SDLinear projections, got {type(m).__name__}")
 
 
@@ -192,7 +214,7 @@ class FusedDecoder:
     """
 
     def __init__(self, model: nn.Module, max_len: int = 2048, batch_size: int = 1, compile: bool = True,
-                 weight_dtype: torch.dtype | None = None):
+                 weight_dtype: torch.dtype | None = None, int8: bool | None = None):
         inner = getattr(model, "model", None)
         layers = getattr(inner, "layers", None)
         if layers is None or not hasattr(model, "lm_head") or not hasattr(layers[0], "self_attn"):
@@ -213,19 +235,21 @@ class FusedDecoder:
         with torch.no_grad():
             for layer in layers:
                 att, mlp = layer.self_attn, layer.mlp
-                q, k, v = _proj(att.q_proj), _proj(att.k_proj), _proj(att.v_proj)
+                P = lambda m: _proj(m, int8)  # noqa: E731
+                q, k, v = P(att.q_proj), P(att.k_proj), P(att.v_proj)
                 if q[2] is None and k[2] is None and v[2] is None:  # full precision: one GEMV for q|k|v
                     b = None if q[1] is None else torch.cat([q[1], k[1], v[1]])
-                    projs = [(torch.cat([q[0], k[0], v[0]]).contiguous(), b, None, 0)]
+                    projs = [(torch.cat([q[0], k[0], v[0]]).contiguous(), b, None, 0, False, None)]
                 else:
                     projs = [q, k, v]
                 self.layers.append(_Layer(
                     ln1=layer.input_layernorm.weight, eps1=float(layer.input_layernorm.variance_epsilon), projs=projs,
-                    o=_proj(att.o_proj), ln2=layer.post_attention_layernorm.weight,
+                    o=P(att.o_proj), ln2=layer.post_attention_layernorm.weight,
                     eps2=float(layer.post_attention_layernorm.variance_epsilon),
-                    gate=_proj(mlp.gate_proj), up=_proj(mlp.up_proj), down=_proj(mlp.down_proj)))
+                    gate=P(mlp.gate_proj), up=P(mlp.up_proj), down=P(mlp.down_proj)))
                 gate, up = self.layers[-1].gate, self.layers[-1].up
-                if gate[1] is None and up[1] is None and gate[2] is None and up[2] is None:  # one GEMV for gate|up
+                if gate[1] is None and up[1] is None and gate[2] is None and up[2] is None and gate[5] is None \
+                        and up[5] is None:  # one GEMV for gate|up
                     self.layers[-1].gate_up = torch.cat([gate[0], up[0]]).contiguous()
             head = model.lm_head
             self.lm_w, self.lm_b = head.weight, head.bias
@@ -234,8 +258,8 @@ class FusedDecoder:
                     return t if t is None or isinstance(t, tuple) else t.detach().to(weight_dtype).contiguous()
 
                 for L in self.layers:
-                    L.projs = [(cast(w), cast(b), g, D) for w, b, g, D in L.projs]
-                    L.o, L.gate, L.up, L.down = [(cast(w), cast(b), g, D) for w, b, g, D in (L.o, L.gate, L.up, L.down)]
+                    L.projs = [(cast(w), cast(b), *e) for w, b, *e in L.projs]
+                    L.o, L.gate, L.up, L.down = [(cast(w), cast(b), *e) for w, b, *e in (L.o, L.gate, L.up, L.down)]
                     L.gate_up = cast(L.gate_up)
                 self.lm_w, self.lm_b = cast(self.lm_w), cast(self.lm_b)
             self.weight_dtype = weight_dtype or self.dtype
@@ -265,12 +289,12 @@ class FusedDecoder:
         delta = torch.zeros_like(residual)
         pos = torch.tensor([self.pos], device=self.device)
         for i, L in enumerate(self.layers):
-            residual, delta = self._attn(residual, delta, L.ln1, L.eps1, L.projs, L.o[0], L.o[1], L.o[2], L.o[3],
+            residual, delta = self._attn(residual, delta, L.ln1, L.eps1, L.projs, L.o,
                                          self.cos, self.sin, pos, self.k_cache[i], self.v_cache[i],
                                          self.n_heads, self.n_kv, self.head_dim)
             residual, delta = self._mlp(residual, delta, L.ln2, L.eps2, L.gate, L.up, L.down, L.gate_up)
         self.pos += 1
-        return _project(inner.norm(residual + delta), (self.lm_w, self.lm_b, None, 0)).float()
+        return _project(inner.norm(residual + delta), (self.lm_w, self.lm_b, None, 0, False, None)).float()
 
     @torch.no_grad()
     def prefill(self, input_ids: torch.Tensor) -> torch.Tensor:

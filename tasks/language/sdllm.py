@@ -4,18 +4,34 @@ Every weight layer inside the model's transformer blocks (Llama / Qwen2:
 ``q k v o gate up down``; BERT-style encoders: every ``nn.Linear`` of the
 encoder layers) becomes an :class:`SDLinear`::
 
-    x --> Ternary(gamma, D) --> counts C in [-D, D] (value gamma * C)
-      --> SpikeLinear(W_q4)   --> integer mode: W_q (gamma C) + b
-                                  spike-driven mode: C expanded into D slots of
-                                  -1/0/+1 events, gamma * W_q accumulates them
+    x --> [online Hadamard] --> SQPEncoder(gamma, D) --> counts C (integers), step g
+      --> GroupQuantLinear(W4 codes) --> integer mode: g * (W_q C) + b (exact integer group sums)
+                                         spike-driven mode: C expanded into T x D slots of
+                                         -1/0/+1 events, their integer partials accumulated
 
-gamma-SQP (spike quantisation with a data-dependent step gamma):
+gamma-SQP, two steps (spike quantisation with a data-dependent step):
 
-* step 1, float -> integer count: ``C = round(clip(x / gamma, -D, D))`` with
-  one ``gamma`` per layer, calibrated on calibration activations (see
-  :data:`GAMMA_RULES`);
-* step 2, count -> spike train: the :class:`neurons.SpikeLinear` expands each
-  count into ``|C|`` ternary events over ``D`` slots (``neurons.to_spike_driven``).
+* step 1, float -> integer count: ``C = round(clip(x / g, -B, B))`` with the
+  step ``g`` either one calibrated ``gamma`` per layer (``gamma="static"``) or,
+  the default, ``g_t = c * mean_i |x_ti|`` per token at run time
+  (``gamma="per_token"``: one reduction per token and layer; ``c`` calibrated
+  per layer with the rule below on ``x / mean|x_t|``). ``g`` is a per-row
+  factor of the shared epilogue, so the exact integer path keeps it;
+* step 2, count -> spike train: a count is ``|C|`` ternary events over
+  ``T x D`` slots, ``T = ceil(max|C| / D)`` chosen per token from the counts
+  (``steps="auto"``, the default, after Int2Spike; ``B = T_max D`` with ``T_max = 127 // D`` so
+  counts fit int8) or fixed (``steps=T``; ``steps=1`` is the classic
+  clip at ``D``). Large activations cost events, not accuracy;
+* outliers before quantisation: ``rotate=True`` (default) rotates the residual
+  stream by a randomised Hadamard matrix folded into the weights, rotates the
+  values per head and puts an online Hadamard before ``down_proj``
+  (:mod:`tasks.language.rotation`; BERT-style encoders fall back to an online
+  Hadamard on every converted linear's input, with a warning);
+* weights: ``gptq=True`` adds GPTQ error compensation (:func:`quantize_weight_gptq`).
+
+The defaults were chosen by measurement (README, language section: the tiny
+Shakespeare Llama's perplexity and all-MiniLM-L6-v2's embedding cosine for
+each variant).
 
 Design choices (SDLLM has no public code; see ``/work/shared/ANCHORS.md``):
 
@@ -25,17 +41,19 @@ Design choices (SDLLM has no public code; see ``/work/shared/ANCHORS.md``):
   ternary events that is 7 slots instead of the 15 an unsigned code needs.
   ``D`` is configurable (``D=4``: 9 levels, 4 slots).
 * ``gamma`` rule ``"mse"`` by default: on a sample of each layer's calibration
-  inputs (64k values), the step among ``mean|x| * c`` (a coarse grid of ``c`` in
+  inputs (64k values; per-token mode: of ``x / mean|x_t|``), the step among ``mean|x| * c`` (a coarse grid of ``c`` in
   [0.05, 4], refined around its best) and ``max|x| / D`` that minimises the quantisation error ``||x - gamma C(x)||^2``. LLM
   activations are heavy-tailed (a few outlier channels): ``max|x|/D`` wastes
   the levels on outliers, a fixed ``mean|x|/k`` (SpikingBrain's dynamic
   threshold, rule ``"mean"``) ignores ``D``; the MSE search adapts to both.
-  ``"percentile"`` (``quantile(|x|, p) / D``) is also available.
+  ``"percentile"`` (``quantile(|x|, p) / D``) is also available. The error is
+  that of one step (counts clipped at ``D``), so the bulk of the values gets
+  ``D`` levels and the few above get more steps.
   Calibration runs the full-precision model once (all layers' statistics in
   one pass).
-* membrane-potential clipping (``clip=K``, ``K < D``): counts are clipped to
-  ``[-K, K]`` with the gamma calibrated for ``D``; fewer events (lower firing
-  rate), at some accuracy cost; the neuron then needs only ``K`` slots.
+* membrane-potential clipping (``clip=K``): counts are clipped to
+  ``[-K, K]`` with the gamma calibrated for ``D``; it bounds ``T`` (``ceil(K / D)``) and lowers the
+  firing rate, at some accuracy cost.
 * weights: symmetric group-wise quantisation along the input dimension
   (``w_bits = 4``, ``group_size = 128``): per group ``s = max|w| / (2^(b-1)-1)``,
   codes ``round(w / s)`` in ``[-(2^(b-1)-1), 2^(b-1)-1]``. The layer holds the
@@ -66,6 +84,8 @@ __all__ = ["SDLLMConfig", "SDLinear", "convert", "quantize_weight", "dequantize_
            "replace_structure", "pack_state", "unpack_state", "GAMMA_RULES"]
 
 GAMMA_RULES = ("mse", "mean", "percentile")
+GAMMA_MODES = ("static", "per_token")
+TOKEN_EPS = 1e-12  # floor of mean|x_t| (an all-zero token gets counts 0)
 
 
 @dataclass
@@ -84,19 +104,43 @@ class SDLLMConfig:
     samples_per_layer: int = 1 << 16  # activation values kept per layer for the gamma search
     targets: Sequence[str] | None = None  # names (suffixes) of the linears to convert; None: every linear of the blocks
     spiking_attention: bool = False  # also spike Q K^T and P V (tasks.language.spiking_attention)
+    gamma: str = "per_token"  # "per_token": g_t = c * mean|x_t| at run time (c calibrated) | "static": one per layer
+    steps: int | str = "auto"  # time steps T of D slots: "auto" (per token, T = ceil(max|C| / D)), an int T (counts clipped to T*D; 1: to D)
+    max_steps: int | None = None  # bound on T for steps="auto" (None: 127 // D, so counts fit int8)
+    rotate: bool = True  # Hadamard rotation of the residual stream, folded into the weights (tasks.language.rotation)
+    gptq: bool = False  # GPTQ-style error compensation of the weight quantisation (quantize_weight_gptq)
+    gptq_damp: float = 0.01  # GPTQ: damping, a fraction of mean diag(H)
     seed: int = 0
 
     def __post_init__(self):
         if int(self.D) != self.D or self.D < 1:
             raise ZooError(f"D must be a positive integer, got {self.D!r}")
-        if self.clip is not None and not (1 <= int(self.clip) <= self.D):
-            raise ZooError(f"clip must be an integer in [1, D={self.D}], got {self.clip!r}")
         if self.w_bits and not 2 <= int(self.w_bits) <= 8:
             raise ZooError(f"w_bits must be in 2..8 (or 0 for full-precision weights), got {self.w_bits!r}")
         if self.group_size < 0:
             raise ZooError(f"group_size must be >= 0 (0: one group per output channel), got {self.group_size}")
         if self.gamma_rule not in GAMMA_RULES:
             raise ZooError(f"gamma_rule must be one of {', '.join(GAMMA_RULES)}, got {self.gamma_rule!r}")
+        if self.gamma not in GAMMA_MODES:
+            raise ZooError(f"gamma must be one of {', '.join(GAMMA_MODES)}, got {self.gamma!r}")
+        if self.max_steps is not None and not (1 <= int(self.max_steps) and int(self.max_steps) * self.D <= 127):
+            raise ZooError(f"max_steps must be in 1..{127 // self.D} (counts up to max_steps * D must fit int8), "
+                           f"got {self.max_steps!r}")
+        if self.steps != "auto" and not (isinstance(self.steps, int) and 1 <= self.steps and self.steps * self.D <= 127):
+            raise ZooError(f"steps must be 'auto' or an integer T in 1..{127 // self.D} (T * D <= 127), got {self.steps!r}")
+        if self.clip is not None and not (1 <= int(self.clip) <= self.bound_without_clip):
+            raise ZooError(f"clip must be an integer in [1, {self.bound_without_clip}] (D={self.D} x steps), got {self.clip!r}")
+
+    @property
+    def bound_without_clip(self) -> int:
+        if self.steps == "auto":
+            return (int(self.max_steps) if self.max_steps else 127 // self.D) * self.D
+        return int(self.steps) * self.D
+
+    @property
+    def bound(self) -> int:
+        """The largest |count| a converted layer emits: ``clip``, else ``D`` x the largest number of steps."""
+        return int(self.clip) if self.clip is not None else self.bound_without_clip
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -135,6 +179,55 @@ def quantize_weight(w: torch.Tensor, bits: int = 4, group_size: int = 128) -> tu
     codes = torch.clamp(torch.round(wg / scales.unsqueeze(-1)), -qmax, qmax).to(torch.int8)
     codes = codes.reshape(w.shape[0], -1)
     return (codes[:, : w.shape[1]] if pad else codes).contiguous(), scales
+
+
+@torch.no_grad()
+def quantize_weight_gptq(w: torch.Tensor, hessian: torch.Tensor, bits: int = 4, group_size: int = 128,
+                         damp: float = 0.01, block: int = 128) -> torch.Tensor:
+    r"""GPTQ: quantise ``w`` ``[out, in]`` column by column onto the symmetric group grid of :func:`quantize_weight`,
+    moving each column's error onto the columns not yet quantised along the inverse Hessian of the layer's
+    inputs (``hessian`` = mean :math:`x^\top x` over calibration tokens). Returns the dequantised weight
+    ``codes * s`` (float64).
+
+    The group scales are fixed beforehand from the original weights (GPTQ's static groups), so
+    :func:`quantize_weight` of the result gives back the same codes: in each group whose largest code
+    ended below ``qmax`` (the compensation moved it), that code is set to ``+-qmax`` (one weight per such group).
+    Source: Frantar et al., "GPTQ" (ICLR 2023), Algorithm 1 (lazy batches, Cholesky of the inverse).
+    """
+    qmax = _qmax(bits)
+    W = w.detach().double().clone()
+    out_f, in_f = W.shape
+    g = group_size if group_size and group_size < in_f else in_f
+    _, scales = quantize_weight(W, bits, g)  # [out, groups]: the static grid
+    col_scale = scales.double().repeat_interleave(g, 1)[:, :in_f]
+    H = hessian.double().clone()
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1.0
+    W[:, dead] = 0.0
+    H += damp * torch.diag(H).mean() * torch.eye(in_f, dtype=H.dtype)
+    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+    Q = torch.zeros_like(W)
+    for i1 in range(0, in_f, block):
+        i2 = min(i1 + block, in_f)
+        W1, Hinv1 = W[:, i1:i2].clone(), Hinv[i1:i2, i1:i2]
+        err1 = torch.zeros_like(W1)
+        for i in range(i2 - i1):
+            s = col_scale[:, i1 + i]
+            q = torch.clamp(torch.round(W1[:, i] / s), -qmax, qmax)
+            Q[:, i1 + i] = q
+            err = (W1[:, i] - q * s) / Hinv1[i, i]
+            W1[:, i:] -= err[:, None] * Hinv1[i, i:][None]
+            err1[:, i] = err
+        W[:, i2:] -= err1 @ Hinv[i1:i2, i2:]
+    pad = (-in_f) % g
+    codes = F.pad(Q, (0, pad)).reshape(out_f, -1, g)
+    top = codes.abs().amax(-1, keepdim=True)
+    arg = codes.abs().argmax(-1, keepdim=True)
+    fix = (top < qmax) & (_grouped(w.detach().double(), g)[0].abs().amax(-1, keepdim=True) > 0)
+    sign = torch.where(codes.gather(-1, arg) < 0, -1.0, 1.0).double()
+    codes.scatter_(-1, arg, torch.where(fix, sign * qmax, codes.gather(-1, arg)))
+    codes = codes.reshape(out_f, -1)[:, :in_f]
+    return codes * col_scale
 
 
 def dequantize_weight(codes: torch.Tensor, scales: torch.Tensor, group_size: int = 128, dtype=torch.float32) -> torch.Tensor:
@@ -185,13 +278,78 @@ def group_epilogue(P: torch.Tensor, scales: torch.Tensor, gamma) -> torch.Tensor
 @torch.library.custom_op("spiking_zoo::group_linear", mutates_args=())
 def group_linear(counts: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
     """``[N, in]`` counts -> ``[N, out]``: exact group partials and the shared epilogue, as one opaque op
-    (so ``torch.compile`` calls the BLAS batched product instead of unrolling it into slower loops)."""
+    (so ``torch.compile`` calls the BLAS batched product instead of unrolling it into slower loops).
+    ``gamma``: a scalar tensor (static) or ``[N, 1]`` (one factor per row: per-token gamma)."""
     return group_epilogue(group_partials(counts, codes), scales, gamma)
 
 
 @group_linear.register_fake
 def _(counts, codes, scales, gamma):
     return counts.new_empty((counts.shape[0], codes.shape[-1]), dtype=torch.float32)
+
+
+def sqp_encode(x: torch.Tensor, gamma: torch.Tensor, bound: int, per_token: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """gamma-SQP step 1: ``(counts, g)`` with ``counts = ternary_counts(x, g, bound)`` and ``g`` the step:
+    ``gamma`` (static, one per layer) or ``gamma * mean_i |x_ti|`` per token (one reduction per token,
+    shape ``[..., 1]``). Computed in fp32."""
+    x = x.float()
+    g = gamma.float()
+    if per_token:
+        g = g * x.abs().mean(-1, keepdim=True).clamp_min(TOKEN_EPS)
+    return neurons.ternary_counts(x, g, bound), g
+
+
+class SQPEncoder(neurons.Ternary):
+    r"""SDLLM's two-step gamma-SQP encoder: float -> integer count -> ternary spike train.
+
+    .. math::
+        g = \gamma \ \text{(static)} \quad\text{or}\quad g_t = \gamma \cdot \tfrac{1}{n}\textstyle\sum_i |x_{ti}|
+        \ \text{(per token)}, \qquad C = \operatorname{round}(\operatorname{clip}(x / g, -B, B))
+
+    Step 2 (count -> spike train, in the synapse's spike-driven mode): ``C`` becomes ``T x D`` ternary slots,
+    ``T = ceil(max|C| / D)`` chosen from the counts (Int2Spike's temporal expansion: a count above ``D``
+    costs more events, not accuracy). ``B = T_max * D`` bounds the count (``clip`` when set: membrane-potential
+    clipping, fewer events). The neuron emits the integer counts (``Levels.scale = 1``); its step ``g`` (a
+    scalar, or one factor per token) is :attr:`row_gamma`, applied once in the synapse's shared epilogue.
+    Source: SDLLM (2026, gamma-SQP; no public code), BICLab/Int2Spike ``SpikeCountTernaryLIFNode`` (T from the
+    counts), BICLab/SpikingBrain-7B ``dynamic_spikes`` (a per-token threshold ``mean|x| / k``).
+    """
+
+    def __init__(self, D: int = 7, gamma: float = 1.0, bound: int | None = None, per_token: bool = False):
+        super().__init__(D=D, gamma=gamma)
+        self.bound = int(bound or D)
+        self.per_token = bool(per_token)
+        self.row_gamma: torch.Tensor | None = None  # the step of the last forward (scalar or [..., 1])
+
+    @property
+    def levels(self) -> neurons.Levels:
+        return neurons.Levels(D=self.bound, signed=True, scale=1.0)
+
+    @property
+    def slots(self) -> int:
+        """``D``: ternary slots per time step."""
+        return self._D
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        counts, self.row_gamma = sqp_encode(x, self.gamma, self.bound, self.per_token)
+        return counts
+
+    def extra_repr(self) -> str:
+        mode = "per-token gamma = %g * mean|x|" % float(self.gamma) if self.per_token else f"gamma={float(self.gamma):g}"
+        return f"D={self._D}, bound={self.bound}, {mode}"
+
+
+def _row_gamma(neuron, rows: int, lead: tuple) -> torch.Tensor:
+    g = neuron.row_gamma
+    if g is None:
+        raise ZooError("GroupQuantLinear fed by an SQPEncoder needs the encoder's step: call the SDLinear, "
+                       "not its inner linear alone")
+    if g.ndim == 0:
+        return g.float()
+    if tuple(g.shape[:-1]) != lead:
+        raise ZooError(f"the encoder's per-token gamma has shape {list(g.shape)}, the counts {list(lead)} rows; "
+                       "call the SDLinear, not its inner linear")
+    return g.reshape(rows, 1).float()
 
 
 class GroupQuantLinear(neurons.SpikeLinear):
@@ -201,32 +359,43 @@ class GroupQuantLinear(neurons.SpikeLinear):
     one scale :math:`s_{o,g}` per output row and input group :math:`g`:
 
     .. math::
-        y_o = \gamma \sum_g s_{o,g} P_{o,g} + b_o, \qquad P_{o,g} = \sum_{i \in g} q_{o,i} C_i
+        y_o = \gamma_t \sum_g s_{o,g} P_{o,g} + b_o, \qquad P_{o,g} = \sum_{i \in g} q_{o,i} C_i
 
-    Each :math:`P` is an integer below :math:`2^{24}` (``qmax * D * group``),
+    Each :math:`P` is an integer below :math:`2^{24}` (``qmax * bound * group``),
     so fp32 computes it exactly in any summation order. Integer mode computes
-    :math:`P` from the counts, spike-driven mode as the sum over the ``D``
+    :math:`P` from the counts, spike-driven mode as the sum over the ``T x D``
     slots of the events' integer partials; both then share the same
-    epilogue, so the two modes give bit-identical outputs however long the
+    epilogue (``gamma_t``: the encoder's step, one per layer or one per token),
+    so the two modes give bit-identical outputs however long the
     input (a plain fp32 ``W_q x`` would differ in the last bits, and a later
-    ``round`` can turn that into a different count). Without quantised weights
-    (``w_bits = 0``) or past the exactness bound, it is a plain SpikeLinear.
+    ``round`` can turn that into a different count). Integer mode uses the
+    CPU's int8 x int8 -> int32 GEMM where :mod:`tasks.language.int_kernels` finds it fast (decode-sized
+    inputs; same integers, so the same outputs). Without quantised weights
+    (``w_bits = 0``) or past the exactness bound, it is a plain product with the epilogue factor.
     """
 
     def __init__(self, *args, w_bits: int = 4, group_size: int = 128, **kwargs):
         super().__init__(*args, **kwargs)
         self.w_bits = int(w_bits or 0)
         self.group_size = int(group_size)
-        self._grid = None  # (key, codes [G, g, out] fp32, scales [G, 1, out] fp32)
+        self._grid = None  # (key, codes [G, g, out] fp32, scales [G, 1, out] fp32, codes int8 [out, G*g])
+
+    def _key(self):
+        w = self.weight
+        return (w.data_ptr(), w._version, w.device, w.dtype)
 
     def _codes(self):
-        w = self.weight
-        key = (w.data_ptr(), w._version, w.device, w.dtype)
-        if self._grid is None or self._grid[0] != key:
-            codes, scales = quantize_weight(w, self.w_bits, self.group_size)  # exact: w is on the grid
+        if self._grid is None or self._grid[0] != self._key():
+            codes, scales = quantize_weight(self.weight, self.w_bits, self.group_size)  # exact: w is on the grid
             cg, _ = _grouped(codes.float(), self.group_size)  # [out, G, g]
-            self._grid = (key, cg.permute(1, 2, 0).contiguous(), scales.t().unsqueeze(1).contiguous())
+            self._grid = (self._key(), cg.permute(1, 2, 0).contiguous(), scales.t().unsqueeze(1).contiguous(),
+                          cg.reshape(cg.shape[0], -1).to(torch.int8).contiguous())
         return self._grid[1], self._grid[2]
+
+    def int8_codes(self) -> torch.Tensor:
+        """The weight codes as int8 ``[out, G*g]`` (zero-padded groups): 1 byte per weight, for the int8 GEMM."""
+        self._codes()
+        return self._grid[3]
 
     def _exact(self) -> bool:
         lv = self.levels
@@ -238,43 +407,80 @@ class GroupQuantLinear(neurons.SpikeLinear):
     def _partials(self, counts: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         return group_partials(counts, codes)
 
+    def _slots(self, counts: torch.Tensor) -> int:
+        """``T x D`` slots for these counts: ``T = ceil(max|C| / D)`` (at least one step)."""
+        neuron = self.__dict__.get("_source_neuron")
+        D = neuron.slots if isinstance(neuron, SQPEncoder) else self.levels.D
+        top = int(counts.abs().max()) if counts.numel() else 0
+        return max(1, -(-top // D)) * D
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lv = self.levels
+        neuron = self.__dict__.get("_source_neuron")
+        if not isinstance(neuron, SQPEncoder):  # a plain count neuron: values in, the classic SpikeLinear
+            return self._forward_values(x)
+        counts = self.input_counts(x) if self.spike_driven else torch.round(x.float())
+        flat = counts.reshape(-1, self.in_features)
+        gamma = _row_gamma(neuron, flat.shape[0], tuple(x.shape[:-1]))
+        if not self._exact():
+            if self.spike_driven:
+                events = expand_events(flat, self._slots(flat), True)
+                y = sum(F.linear(e, self.weight.float()) for e in events) * gamma
+            else:
+                y = F.linear(flat, self.weight.float()) * gamma
+        else:
+            codes, scales = self._codes()
+            rows = max(1, CHUNK_ELEMENTS // (codes.shape[0] * codes.shape[2]))
+            outs = []
+            for i, part in enumerate(flat.split(rows)):
+                g = gamma if gamma.ndim == 0 else gamma[i * rows: i * rows + part.shape[0]]
+                if self.spike_driven:  # accumulate the events slot by slot: integer partials, exact
+                    events = expand_events(part, self._slots(part), lv.signed)  # [T*D, n, in], -1/0/+1
+                    outs.append(group_epilogue(sum(self._partials(e, codes) for e in events), scales, g))
+                else:
+                    from .int_kernels import group_linear_auto
+
+                    outs.append(group_linear_auto(part.float(), self, g))
+            y = torch.cat(outs)
+        y = y.reshape(*x.shape[:-1], self.out_features).to(self.weight.dtype)
+        return y if self.bias is None else y + self.bias
+
+    def _forward_values(self, x: torch.Tensor) -> torch.Tensor:
+        """Fed by a classic :class:`neurons.Ternary` (value ``gamma * C`` in, scalar gamma)."""
         if not self._exact():
             return super().forward(x)
         lv = self.levels
         codes, scales = self._codes()
         counts = self.input_counts(x) if self.spike_driven else torch.round(x / lv.scale)
         flat = counts.reshape(-1, self.in_features)
-        gamma = torch.tensor(lv.scale, dtype=torch.float32)  # the neuron's fp32 gamma, exactly
-        rows = max(1, CHUNK_ELEMENTS // (codes.shape[0] * codes.shape[2]))
-        outs = []
-        for part in flat.split(rows):
-            if self.spike_driven:  # accumulate the events slot by slot: integer partials, exact
-                events = expand_events(part, lv.D, lv.signed)  # [D, n, in], -1/0/+1
-                outs.append(group_epilogue(sum(self._partials(e, codes) for e in events), scales, gamma))
-            else:
-                outs.append(group_linear(part.float(), codes, scales, gamma))
-        y = torch.cat(outs)
+        gamma = torch.tensor(lv.scale, dtype=torch.float32)
+        if self.spike_driven:
+            events = expand_events(flat, lv.D, lv.signed)
+            y = group_epilogue(sum(self._partials(e, codes) for e in events), scales, gamma)
+        else:
+            y = group_linear(flat.float(), codes, scales, gamma)
         y = y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
         return y if self.bias is None else y + self.bias
 
 
 class SDLinear(nn.Module):
-    r"""A spike-driven linear layer: :class:`neurons.Ternary` encoder + :class:`neurons.SpikeLinear`.
+    r"""A spike-driven linear layer: :class:`SQPEncoder` + :class:`GroupQuantLinear`.
 
     .. math::
-        C = \operatorname{round}(\operatorname{clip}(x / \gamma, -K, K)), \qquad y = W_q (\gamma C) + b
+        C = \operatorname{round}(\operatorname{clip}(x / g, -B, B)), \qquad y = g\, W_q C + b
 
-    with ``K = clip or D``. Integer mode multiplies the counts; spike-driven mode
-    (``neurons.to_spike_driven``) accumulates ``K`` slots of -1/0/+1 events.
-    ``weight`` / ``bias`` / ``in_features`` / ``out_features`` are those of the
-    inner linear, so code that inspects a replaced ``nn.Linear`` keeps working.
+    with ``g`` the encoder's step (static or per token) and ``B = clip`` or ``T_max x D``. Integer mode
+    multiplies the counts; spike-driven mode (``neurons.to_spike_driven``) accumulates ``T x D`` slots of
+    -1/0/+1 events. ``weight`` / ``bias`` / ``in_features`` / ``out_features`` are those of the
+    inner linear, so code that inspects a replaced ``nn.Linear`` keeps working. ``D``: the count bound ``B``.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, D: int = 7, gamma: float = 1.0,
-                 w_bits: int = 4, group_size: int = 128, device=None, dtype=None):
+                 w_bits: int = 4, group_size: int = 128, device=None, dtype=None, slots: int | None = None,
+                 per_token: bool = False, hadamard: bool = False):
         super().__init__()
-        self.neuron = neurons.Ternary(D=D, gamma=gamma)
+        self.hadamard = bool(hadamard)  # an online block Hadamard on the input (rotation; weights hold W H)
+        self.neuron = SQPEncoder(D=slots or D, gamma=gamma, bound=D, per_token=per_token)
         self.linear = GroupQuantLinear(in_features, out_features, bias=bias, source=self.neuron, w_bits=w_bits,
                                        group_size=group_size, device=device, dtype=dtype)
         self.w_bits = int(w_bits or 0)
@@ -301,10 +507,14 @@ class SDLinear(nn.Module):
         return self.neuron.D
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(self.neuron(x))
+        if self.hadamard:
+            from .rotation import apply_hadamard
+
+            return self.linear(self.neuron(apply_hadamard(x))).to(x.dtype)
+        return self.linear(self.neuron(x)).to(x.dtype)
 
     def extra_repr(self) -> str:
-        return f"w_bits={self.w_bits}, group_size={self.group_size}"
+        return f"w_bits={self.w_bits}, group_size={self.group_size}" + (", online Hadamard" if self.hadamard else "")
 
 
 # ----------------------------------------------------------------------------------------------- structure
@@ -330,10 +540,16 @@ def find_targets(model: nn.Module, targets: Sequence[str] | None = None) -> list
     """
     if any(isinstance(m, SDLinear) for m in model.modules()):
         raise ZooError(f"{type(model).__name__} is already converted (it has SDLinear layers); convert the full-precision model")
+    from .rotation import HadamardLinear
+
     names = []
     for prefix, blocks in _block_lists(model):
+        wrapped = set()
         for sub, m in blocks.named_modules():
-            if isinstance(m, nn.Linear) and not isinstance(m, neurons.SpikeLinear):
+            if isinstance(m, HadamardLinear):  # a linear with an online Hadamard on its input (rotation)
+                wrapped.add(sub + ".linear")
+                names.append(f"{prefix}.{sub}" if prefix else sub)
+            elif isinstance(m, nn.Linear) and not isinstance(m, neurons.SpikeLinear) and sub not in wrapped:
                 names.append(f"{prefix}.{sub}" if prefix else sub)
     if targets is not None:
         wanted = tuple(targets)
@@ -356,12 +572,16 @@ def replace_structure(model: nn.Module, config: SDLLMConfig, names: Sequence[str
 
     Used to rebuild the skeleton of a converted model before loading its cached state.
     """
+    if config.rotate:
+        from .rotation import rotate_structure
+
+        rotate_structure(model)
     names = list(names) if names is not None else find_targets(model, config.targets)
-    bound = config.clip or config.D
     for name in names:
         lin = model.get_submodule(name)
-        sd = SDLinear(lin.in_features, lin.out_features, bias=lin.bias is not None, D=bound,
-                      w_bits=config.w_bits, group_size=config.group_size,
+        sd = SDLinear(lin.in_features, lin.out_features, bias=lin.bias is not None, D=config.bound,
+                      w_bits=config.w_bits, group_size=config.group_size, slots=config.D,
+                      per_token=config.gamma == "per_token", hadamard=not isinstance(lin, nn.Linear),
                       device=lin.weight.device, dtype=lin.weight.dtype)
         _set(model, name, sd)
     if config.spiking_attention:
@@ -519,12 +739,28 @@ def _forward(model: nn.Module, ids: torch.Tensor):
 
 
 @torch.no_grad()
-def calibrate(model: nn.Module, names: Sequence[str], batches: list[torch.Tensor], config: SDLLMConfig) -> dict[str, float]:
-    """Run the full-precision model on the calibration batches; return each target layer's gamma."""
+def calibrate(model: nn.Module, names: Sequence[str], batches: list[torch.Tensor], config: SDLLMConfig,
+              hessians: dict | None = None) -> dict[str, float]:
+    """Run the full-precision model on the calibration batches; return each target layer's gamma.
+    ``hessians``: a dict to fill with each layer's ``(sum x^T x, rows)`` (GPTQ)."""
     gen = torch.Generator().manual_seed(config.seed)
     stats = {n: _Stats(config.samples_per_layer, gen) for n in names}
     device = next(model.parameters()).device
-    hooks = [model.get_submodule(n).register_forward_pre_hook(lambda m, args, s=stats[n]: s.update(args[0])) for n in names]
+
+    def record(m, args, s, name):
+        x = args[0].detach().float()
+        if hessians is not None:
+            flat = x.reshape(-1, x.shape[-1]).double()
+            h, rows = hessians.get(name, (0.0, 0))
+            hessians[name] = (h + flat.t() @ flat, rows + flat.shape[0])
+        if config.gamma == "per_token":  # the multiplier c of g_t = c * mean|x_t|: statistics of x_t / mean|x_t|
+            x = x / x.abs().mean(-1, keepdim=True).clamp_min(TOKEN_EPS)
+        s.update(x)
+    def site(n):  # what the encoder will see: the input of the linear (after an online Hadamard)
+        m = model.get_submodule(n)
+        return m.linear if not isinstance(m, nn.Linear) and hasattr(m, "linear") else m
+
+    hooks = [site(n).register_forward_pre_hook(lambda m, args, s=stats[n], n=n: record(m, args, s, n)) for n in names]
     was_training = model.training
     model.eval()
     try:
@@ -554,15 +790,29 @@ def convert(model: nn.Module, calibration, config: SDLLMConfig | dict | None = N
         config = SDLLMConfig()
     elif isinstance(config, dict):
         config = SDLLMConfig(**config)
-    names = find_targets(model, config.targets)
+    find_targets(model, config.targets)  # an unsupported model fails before anything changes
     batches = calibration_batches(calibration, model, tokenizer, config)
-    gammas = calibrate(model, names, batches, config)
+    if config.spiking_attention:  # fail before the rotation changes the model
+        from .spiking_attention import require
+
+        require(model)
+    rotation = None
+    if config.rotate:
+        from .rotation import rotate
+
+        rotation = rotate(model, seed=config.seed)
+    names = find_targets(model, config.targets)
+    hessians = {} if config.gptq and config.w_bits else None
+    gammas = calibrate(model, names, batches, config, hessians)
     originals = {n: model.get_submodule(n) for n in names}
     replace_structure(model, config, names)
     for n in names:
         lin, sd = originals[n], model.get_submodule(n)
         w = lin.weight.detach()
-        if config.w_bits:
+        if config.w_bits and hessians is not None and n in hessians:
+            h, rows = hessians.pop(n)
+            w = quantize_weight_gptq(w, h / rows, config.w_bits, config.group_size, config.gptq_damp).to(w.dtype)
+        elif config.w_bits:
             codes, scales = quantize_weight(w, config.w_bits, config.group_size)
             w = dequantize_weight(codes, scales, config.group_size, dtype=w.dtype)
         sd.linear.weight.copy_(w)
@@ -571,7 +821,7 @@ def convert(model: nn.Module, calibration, config: SDLLMConfig | dict | None = N
         sd.neuron.gamma.fill_(gammas[n])
     if config.spiking_attention:  # calibrated on the converted linears' outputs
         gammas.update(calibrate_attention(model, batches, config))
-    model.sdllm = {"config": config.to_dict(), "layers": names, "gammas": gammas}
+    model.sdllm = {"config": config.to_dict(), "layers": names, "gammas": gammas, "rotation": rotation}
     return model
 
 

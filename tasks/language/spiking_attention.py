@@ -108,14 +108,20 @@ def attention_modules(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if all(hasattr(m, a) for a in ("q_proj", "k_proj", "v_proj", "o_proj"))]
 
 
-def install(model: nn.Module, D: int) -> list[SpikingAttention]:
-    """Attach a :class:`SpikingAttention` to every attention module and switch the model's implementation."""
+def require(model: nn.Module) -> list[nn.Module]:
+    """The attention modules of ``model``; a one-line error if it has none."""
     from zoo.errors import ZooError
 
     mods = attention_modules(model)
     if not mods:
         raise ZooError(f"spiking attention needs Llama / Qwen2-style attention modules (q/k/v/o_proj); "
                        f"{type(model).__name__} has none")
+    return mods
+
+
+def install(model: nn.Module, D: int) -> list[SpikingAttention]:
+    """Attach a :class:`SpikingAttention` to every attention module and switch the model's implementation."""
+    mods = require(model)
     register()
     out = []
     for m in mods:

@@ -121,11 +121,25 @@ def train(data: Path, out: Path, steps: int = 2000, minutes: float | None = None
     return summary
 
 
-VARIANTS = (("full precision", None), ("W4 + spike-driven (D=7)", {}), ("W4 + spike-driven (D=7) + clipping (K=3)", {"clip": 3}),
-            ("W4 + spike-driven (D=7) + spiking attention", {"spiking_attention": True}))
+_STATIC = {"gamma": "static", "steps": 1, "rotate": False}
+_TOKEN = {"gamma": "per_token", "steps": 1, "rotate": False}
+_MULTI = {"gamma": "per_token", "steps": "auto", "rotate": False}
+_ROT = {"gamma": "per_token", "steps": "auto", "rotate": True}
+VARIANTS = {  # label -> SDLLMConfig fields (None: the full-precision base)
+    "full precision": None,
+    "W4 + spikes, static gamma, T=1 (D=7)": _STATIC,
+    "W4 + spikes, static gamma + rotation": {**_STATIC, "rotate": True},
+    "W4 + spikes, per-token gamma, T=1": _TOKEN,
+    "W4 + spikes, per-token gamma, multi-step T": _MULTI,
+    "W4 + spikes, per-token gamma, multi-step T + rotation": _ROT,
+    "W4 + spikes, per-token gamma + rotation + clipping (K=7)": {**_ROT, "clip": 7},
+    "W4 + spikes, per-token gamma + rotation + clipping (K=3)": {**_ROT, "clip": 3},
+    "W4 + spikes, static gamma, T=1 + spiking attention": {**_STATIC, "spiking_attention": True},
+}
 
 
-def measure(data: Path, base: Path | None = None, context: int = 512, limit: int | None = None) -> list[dict]:
+def measure(data: Path, base: Path | None = None, context: int = 512, limit: int | None = None,
+            variants: list[str] | None = None) -> list[dict]:
     """Perplexity of the full-precision base, SDLLM (W4 + ternary spikes) and SDLLM with clipping on
     ``data`` (a raw text file), with firing rate and events per token; the spike-driven mode is checked
     against the integer mode on the first window."""
@@ -142,7 +156,12 @@ def measure(data: Path, base: Path | None = None, context: int = 512, limit: int
     ids = tok(Path(data).read_text(encoding="utf-8"), return_tensors="pt")["input_ids"][0]
     probe = ids[None, :context]
     rows = []
-    for label, options in VARIANTS:
+    chosen = list(VARIANTS) if not variants else variants
+    unknown = [v for v in chosen if v not in VARIANTS]
+    if unknown:
+        raise ZooError(f"unknown variant {unknown[0]!r}; variants: {'; '.join(VARIANTS)}")
+    for label in chosen:
+        options = VARIANTS[label]
         model = load_base(path)[0] if options is None else zoo.load(TINY, base=str(path), **options)
         res = perplexity(model, ids, context=context, max_windows=limit)
         row = {"variant": label, "ppl": res.ppl, "tokens": res.tokens, "activity": activity(model, probe).to_dict()}
@@ -174,9 +193,11 @@ def main(argv=None) -> None:
     m.add_argument("--base", default=None, help="model directory (default: the shipped one)")
     m.add_argument("--context", type=int, default=512)
     m.add_argument("--limit", type=int, default=None, help="only the first N windows")
+    m.add_argument("--variant", action="append", default=None, help="measure only this variant (repeatable): "
+                   + "; ".join(VARIANTS))
     args = p.parse_args(argv)
     if args.cmd == "measure":
-        rows = measure(Path(args.data), args.base, args.context, args.limit)
+        rows = measure(Path(args.data), args.base, args.context, args.limit, args.variant)
         for r in rows:
             a = r["activity"]
             fr = "-" if a["firing_rate"] is None else f"{a['firing_rate']:.4f}"

@@ -152,14 +152,14 @@ def test_zoo_eval_cli(zoo_home, llama_dir, tmp_path, capsys):
     text = tmp_path / "wiki.test.raw"
     text.write_text(TEXT[:300])
     argv = ["eval", "sdllm-llama2-7b", "--data", str(text), "--base", str(llama_dir), "--context", "64",
-            "--calib-file", str(text)]
+            "--calib-file", str(text), "--calib-seq-len", "64"]
     assert cli.main(argv) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("sdllm-llama2-7b (integer): ppl ") and "events/token" in out[0] and "mJ/token" in out[0]
     assert out[1].startswith("full-precision base: ppl ")
     jsonl = _write_jsonl(tmp_path / "piqa.jsonl", PIQA)
     assert cli.main(["eval", "sdllm-llama2-7b", "--data", str(jsonl), "--base", str(llama_dir), "--json", "--mode", "spike",
-                     "--no-base", "--calib-file", str(text)]) == 0
+                     "--no-base", "--calib-file", str(text), "--calib-seq-len", "64"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["sdllm"]["task"] == "piqa" and res["sdllm"]["questions"] == 3 and "base" not in res
     assert res["sdllm"]["activity"]["firing_rate"] > 0

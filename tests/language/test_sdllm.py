@@ -55,7 +55,7 @@ def test_bert_encoder_conversion(calib_ids):
 
 
 def test_spike_driven_weights_only_see_ternary_events(calib_ids):
-    model = convert(tiny_llama(), calib_ids, SDLLMConfig(D=4))
+    model = convert(tiny_llama(), calib_ids, SDLLMConfig(D=4, steps=1))
     seen = []
     for m in _sd_layers(model).values():
         original = m.linear._partials
@@ -68,7 +68,7 @@ def test_spike_driven_weights_only_see_ternary_events(calib_ids):
     neurons.to_spike_driven(model)
     with torch.no_grad():
         model(calib_ids[:1, :16])
-    assert len(seen) == 14 * 4  # 14 layers, D = 4 slots each
+    assert len(seen) == 14 * 4  # 14 layers, D = 4 slots each (steps=1: one time step)
     values = torch.unique(torch.cat(seen))
     assert set(values.tolist()) <= {-1.0, 0.0, 1.0} and -1.0 in values.tolist() and 1.0 in values.tolist()
 
@@ -83,10 +83,12 @@ def test_integer_and_spike_driven_are_bit_identical_on_long_inputs(calib_ids):
         neurons.to_integer(model)
     assert torch.equal(integer, spike)
     # and the exact accumulation is the dequantised-weight product up to float rounding
-    lin = next(iter(_sd_layers(model).values())).linear
-    x = lin.levels.scale * torch.randint(-7, 8, (5, lin.in_features)).float()
-    plain = torch.nn.functional.linear(x, lin.weight, lin.bias)
-    assert torch.allclose(lin(x), plain, rtol=1e-5, atol=1e-5)
+    sd = next(iter(_sd_layers(model).values()))
+    x = torch.randn(5, sd.in_features, generator=torch.Generator().manual_seed(2))
+    counts, g = sd.neuron(x), sd.neuron.row_gamma
+    assert torch.equal(counts, counts.round()) and g.shape == (5, 1)  # per-token step: one factor per row
+    plain = torch.nn.functional.linear(counts * g, sd.weight, sd.bias)
+    assert torch.allclose(sd(x), plain, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("bits,group", [(4, 128), (4, 32), (3, 0), (8, 48)])
@@ -122,7 +124,7 @@ def _rate(model, ids):
 def test_clipping_lowers_the_firing_rate(calib_ids):
     ids = calib_ids[:1, :32]
     full = _rate(convert(tiny_llama(), calib_ids, SDLLMConfig(D=7)), ids)
-    clipped_model = convert(tiny_llama(), calib_ids, SDLLMConfig(D=7, clip=2))
+    clipped_model = convert(tiny_llama(), calib_ids, SDLLMConfig(D=7, clip=2))  # bounds T to one step
     clipped = _rate(clipped_model, ids)
     assert all(m.D == 2 for m in _sd_layers(clipped_model).values())
     assert clipped.firing_rate < full.firing_rate and clipped.events_per_token < full.events_per_token
@@ -191,7 +193,7 @@ def test_bad_inputs(calib_ids, tokenizer):
     with pytest.raises(ZooError, match="already converted"):
         convert(converted, calib_ids)
     with pytest.raises(ZooError, match="clip"):
-        SDLLMConfig(D=4, clip=5)
+        SDLLMConfig(D=4, clip=5, steps=1)
     with pytest.raises(ZooError, match="gamma_rule"):
         SDLLMConfig(gamma_rule="max")
 

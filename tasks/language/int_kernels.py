@@ -1,0 +1,121 @@
+r"""Integer kernels for SDLLM's exact group accumulation: int8 counts x int8 weight codes -> int32 partials.
+
+:class:`tasks.language.sdllm.GroupQuantLinear` needs, per output row ``o``
+and input group ``G``, the integer partial sum
+:math:`P_{G,o} = \sum_{i \in G} q_{o,i} C_i` (int4 codes, counts bounded by
+127) and then one float epilogue :math:`y_o = g \sum_G s_{o,G} P_{G,o}`.
+The portable path computes the partials as an fp32 batched product (exact:
+every partial is an integer below :math:`2^{24}`). This module computes them
+on the CPU's integer GEMM, ``torch._int_mm`` (int8 x int8 -> int32; oneDNN,
+which uses AVX512-VNNI / AVX-VNNI / AMX-INT8 where the CPU has them), with
+the weight codes kept in memory as int8 (``[out, in]``, 1 byte per weight: 4x
+fewer bytes than fp32 read per decode step):
+
+* the ``G`` groups become ``G`` rows of one GEMM: row ``(n, G)`` holds token
+  ``n``'s counts in group ``G``'s columns and zeros elsewhere, so one
+  ``[N G, in] x [in, out]`` product yields every group partial at once (the
+  weights are read once; ``G`` times the multiply-adds, which a memory-bound
+  decode step does not feel). For many rows (prefill) the fp32 batched
+  product is used instead (:data:`MAX_ROWS`).
+* the partials are the same integers as the fp32 path's, and the epilogue is
+  the same function, so the outputs are bit-identical (tests/language).
+
+Dispatch at run time: :func:`available` probes ``torch._int_mm`` once on this
+CPU (and reports its integer features from ``/proc/cpuinfo``); where it is
+missing or fails, the fp32 path runs. ``SPIKING_ZOO_INT8=0`` turns it off, ``=1`` forces it for any number of rows.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["available", "cpu_features", "group_linear_int8", "group_linear_auto", "MAX_ROWS"]
+
+MAX_ROWS = 16  # rows (tokens) up to which the int8 GEMM path runs (decode); above, the fp32 batched product
+
+
+@lru_cache(maxsize=1)
+def cpu_features() -> dict:
+    """Integer-GEMM features of this CPU: ``{"capability": ATen's, "avx512_vnni": ..., "avx_vnni": ..., "amx_int8": ...}``."""
+    flags = set()
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    try:
+        cap = torch.backends.cpu.get_cpu_capability()
+    except Exception:  # pragma: no cover
+        cap = "unknown"
+    return {"capability": cap, **{f: f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8")}}
+
+
+@lru_cache(maxsize=1)
+def _probe() -> bool:
+    if not hasattr(torch, "_int_mm"):
+        return False
+    try:
+        a = torch.tensor([[1, -2] * 8], dtype=torch.int8)
+        b = torch.ones(16, 8, dtype=torch.int8)
+        return bool((torch._int_mm(a, b) == -8).all())
+    except Exception:
+        return False
+
+
+def available() -> bool:
+    """Whether the int8 GEMM path runs here (``torch._int_mm`` works on this CPU and is not turned off)."""
+    if os.environ.get("SPIKING_ZOO_INT8", "").strip() == "0":
+        return False
+    return _probe()
+
+
+def _expand(counts: torch.Tensor, groups: int, width: int) -> torch.Tensor:
+    """``[N, in]`` counts -> int8 ``[N * groups, groups * width]``: row ``(n, G)`` keeps group ``G``'s columns."""
+    n = counts.shape[0]
+    x = counts
+    pad = groups * width - x.shape[-1]
+    if pad:
+        x = F.pad(x, (0, pad))
+    x = x.to(torch.int8).reshape(n, 1, groups, width)
+    eye = torch.eye(groups, dtype=torch.int8, device=x.device).reshape(1, groups, groups, 1)
+    return (x * eye).reshape(n * groups, groups * width)
+
+
+@torch.library.custom_op("spiking_zoo::group_linear_int8", mutates_args=())
+def group_linear_int8(counts: torch.Tensor, codes_i8: torch.Tensor, scales: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+    """``[N, in]`` integer counts (|c| <= 127), int8 codes ``[out, G g]``, scales ``[G, 1, out]`` -> ``[N, out]``:
+    the int32 group partials from one int8 GEMM, then the shared epilogue (the fp32 path's, bit for bit)."""
+    from .sdllm import group_epilogue
+
+    groups = scales.shape[0]
+    out_f, width = codes_i8.shape[0], codes_i8.shape[1] // groups
+    n = counts.shape[0]
+    P = torch._int_mm(_expand(counts, groups, width), codes_i8.t())  # [N G, out] int32
+    P = P.reshape(n, groups, out_f).transpose(0, 1).float()  # exact: |P| < 2^24
+    return group_epilogue(P, scales, gamma)
+
+
+@group_linear_int8.register_fake
+def _(counts, codes_i8, scales, gamma):
+    return counts.new_empty((counts.shape[0], codes_i8.shape[0]), dtype=torch.float32)
+
+
+def use_int8(rows: int, bound: int, device: torch.device) -> bool:
+    forced = os.environ.get("SPIKING_ZOO_INT8", "").strip() == "1"
+    return device.type == "cpu" and bound <= 127 and available() and (forced or rows <= MAX_ROWS)
+
+
+def group_linear_auto(counts: torch.Tensor, layer, gamma: torch.Tensor) -> torch.Tensor:
+    """A :class:`GroupQuantLinear`'s integer-mode product: the int8 GEMM where it runs, else the fp32 op."""
+    from .sdllm import group_linear
+
+    codes, scales = layer._codes()
+    if use_int8(counts.shape[0], layer.levels.D, counts.device):
+        return group_linear_int8(counts, layer.int8_codes(), scales, gamma)
+    return group_linear(counts, codes, scales, gamma)

@@ -1,0 +1,227 @@
+r"""Outlier handling before quantisation: Hadamard rotations folded into the weights (QuaRot-style).
+
+A transformer's activations carry a few channels far above the rest; an
+orthogonal rotation :math:`Q` spreads them over all channels, so a per-token
+or per-layer step quantises every channel well. For a pre-RMSNorm decoder
+(Llama, Qwen2) the rotation is exact and costs nothing at run time:
+
+* every RMSNorm weight is folded into the linears it feeds (``q k v``,
+  ``gate up``, ``lm_head``), leaving a plain ``x / rms(x)``, which commutes
+  with :math:`Q` (``||x Q|| = ||x||``);
+* the residual stream is rotated, :math:`x' = x Q`: the embedding becomes
+  :math:`E Q`, each reader :math:`W \to W Q`, each writer (``o_proj``,
+  ``down_proj``) :math:`W \to Q^\top W`, its bias :math:`b \to b Q`; the tied
+  ``lm_head`` is untied (it now differs from the embedding by the norm weight);
+* ``v_proj`` / ``o_proj`` get a per-head Hadamard :math:`H_d` (values rotate,
+  ``P V H = (P V) H``; exact, folded);
+* the input of ``down_proj`` (the SwiGLU product, the largest outliers) gets an
+  *online* Hadamard :math:`h \to h H`, :math:`W_{down} \to W_{down} H`
+  (:class:`HadamardLinear`; additions only on the hardware: a fast
+  Walsh-Hadamard transform, here as a product with the ``+-1/sqrt(b)`` matrix).
+
+:math:`Q = \mathrm{diag}(\pm 1) \cdot \mathrm{blockdiag}(H_b)` (randomised
+Hadamard, QuaRot), :math:`H_b` the Sylvester Hadamard matrix
+(``scipy.linalg.hadamard``) of the largest power of two ``b`` dividing the width
+(256 for 256 / 768, 128 for 384).
+
+Other architectures (BERT-style post-LayerNorm encoders: the normalisation
+sits on the residual stream itself, so a rotation does not commute with it)
+fall back, with a one-line warning, to an online Hadamard on the input of every
+converted linear (:math:`W x = (W H)(H^\top x)`; exact, additions at run time).
+
+Source: Ashkboos et al., "QuaRot: Outlier-Free 4-Bit Inference in Rotated
+LLMs" (NeurIPS 2024); Liu et al., "SpinQuant" (ICLR 2025) for the folding of
+the norms; the anchor notes (/work/shared/anchors/sdllm.md).
+"""
+
+from __future__ import annotations
+
+import warnings
+from functools import lru_cache
+
+import torch
+from torch import nn
+
+from zoo.errors import ZooError
+
+__all__ = ["rotate", "rotate_structure", "HadamardLinear", "hadamard", "block_size", "foldable"]
+
+_NORMS = ("LlamaRMSNorm", "Qwen2RMSNorm", "MistralRMSNorm")
+
+
+def block_size(n: int, cap: int = 1 << 12) -> int:
+    """The largest power of two dividing ``n`` (at most ``cap``)."""
+    b = 1
+    while n % (2 * b) == 0 and 2 * b <= cap:
+        b *= 2
+    return b
+
+
+@lru_cache(maxsize=16)
+def _hadamard(b: int) -> torch.Tensor:
+    from scipy.linalg import hadamard as sylvester
+
+    return torch.from_numpy(sylvester(b)).double() / b ** 0.5
+
+
+def hadamard(n: int, dtype=torch.float64) -> torch.Tensor:
+    """The orthogonal, symmetric ``[n, n]`` block-diagonal Hadamard matrix (blocks of :func:`block_size`)."""
+    b = block_size(n)
+    return torch.block_diag(*[_hadamard(b)] * (n // b)).to(dtype)
+
+
+def apply_hadamard(x: torch.Tensor) -> torch.Tensor:
+    """``x H`` over the last dimension, block by block (the online transform of :class:`HadamardLinear`)."""
+    n = x.shape[-1]
+    b = block_size(n)
+    H = _hadamard(b).to(device=x.device, dtype=torch.float32)
+    return (x.float().reshape(*x.shape[:-1], n // b, b) @ H).reshape(x.shape).to(x.dtype)
+
+
+class HadamardLinear(nn.Module):
+    r"""``y = linear(x H)``: an online block Hadamard on the input (``linear.weight`` holds :math:`W H`).
+
+    :math:`H` is symmetric and orthogonal, so with the folded weight the product equals the original
+    :math:`x W^\top`. SDLLM converts it into an :class:`~tasks.language.sdllm.SDLinear` with
+    ``hadamard=True`` (its encoder sees the rotated input)."""
+
+    def __init__(self, linear: nn.Module):
+        super().__init__()
+        self.linear = linear
+
+    @property
+    def weight(self):
+        return self.linear.weight
+
+    @property
+    def bias(self):
+        return self.linear.bias
+
+    @property
+    def in_features(self) -> int:
+        return self.linear.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.linear.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(apply_hadamard(x))
+
+
+def foldable(model: nn.Module) -> str | None:
+    """``None`` if the residual rotation folds into ``model`` (a pre-RMSNorm Llama / Qwen2), else why not."""
+    inner = getattr(model, "model", None)
+    layers = getattr(inner, "layers", None)
+    if layers is None or not hasattr(model, "lm_head") or not hasattr(inner, "norm"):
+        return f"{type(model).__name__} is not a Llama / Qwen2-style decoder (model.layers, model.norm, lm_head)"
+    for layer in layers:
+        att, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
+        if att is None or mlp is None or not all(hasattr(att, a) for a in ("q_proj", "k_proj", "v_proj", "o_proj")) \
+                or not all(hasattr(mlp, a) for a in ("gate_proj", "up_proj", "down_proj")):
+            return f"{type(model).__name__}'s blocks lack q/k/v/o_proj or gate/up/down_proj"
+        for norm in (layer.input_layernorm, layer.post_attention_layernorm):
+            if type(norm).__name__ not in _NORMS:
+                return f"{type(model).__name__} normalises with {type(norm).__name__}, not a plain RMSNorm"
+    if type(inner.norm).__name__ not in _NORMS:
+        return f"{type(model).__name__}'s final norm is {type(inner.norm).__name__}, not a plain RMSNorm"
+    return None
+
+
+def _untie(model: nn.Module) -> None:
+    head = model.lm_head
+    emb = model.get_input_embeddings()
+    if head.weight is emb.weight or head.weight.data_ptr() == emb.weight.data_ptr():
+        head.weight = nn.Parameter(head.weight.detach().clone())
+    for cfg in {id(c): c for c in (model.config, model.config.get_text_config())}.values():
+        cfg.tie_word_embeddings = False
+    if hasattr(model, "_tied_weights_keys"):
+        model._tied_weights_keys = None if not isinstance(model._tied_weights_keys, dict) else {}
+
+
+def rotate_structure(model: nn.Module) -> str:
+    """The data-free part of :func:`rotate` (for a skeleton about to load a rotated state): untie the head and
+    put :class:`HadamardLinear` around the linears with an online transform. Returns the kind of rotation."""
+    reason = foldable(model)
+    if reason is None:
+        _untie(model)
+        for layer in model.model.layers:
+            if not isinstance(layer.mlp.down_proj, HadamardLinear):
+                layer.mlp.down_proj = HadamardLinear(layer.mlp.down_proj)
+        return "residual"
+    from .sdllm import _block_lists
+
+    blocks = _block_lists(model)
+    if not blocks:
+        raise ZooError(f"rotate: {type(model).__name__} has no transformer blocks of nn.Linear layers to rotate")
+    for prefix, block in blocks:
+        for sub, m in list(block.named_modules()):
+            if type(m) is nn.Linear:
+                parent, _, child = sub.rpartition(".")
+                holder = block.get_submodule(parent) if parent else block
+                if not isinstance(holder, HadamardLinear):
+                    setattr(holder, child, HadamardLinear(m))
+    return "online"
+
+
+def _fold_norm(norm: nn.Module, linears: list[nn.Linear]) -> None:
+    w = norm.weight.detach().double()
+    for lin in linears:
+        lin.weight.data = (lin.weight.detach().double() * w).to(lin.weight.dtype)
+    norm.weight.data.fill_(1.0)
+
+
+def _mul(lin: nn.Linear, right: torch.Tensor | None = None, left: torch.Tensor | None = None) -> None:
+    """``W <- left^T W right`` (``left`` acts on the output side, with the bias: ``b <- b left``)."""
+    w = lin.weight.detach().double()
+    if right is not None:
+        w = w @ right
+    if left is not None:
+        w = left.t() @ w
+        if lin.bias is not None:
+            lin.bias.data = (lin.bias.detach().double() @ left).to(lin.bias.dtype)
+    lin.weight.data = w.to(lin.weight.dtype)
+
+
+@torch.no_grad()
+def rotate(model: nn.Module, seed: int = 0) -> str:
+    """Rotate a full-precision ``model`` in place (see the module docstring); its outputs stay the same up to
+    float rounding. Returns ``"residual"`` (folded residual rotation) or ``"online"`` (the fallback, with a
+    warning that says why)."""
+    reason = foldable(model)
+    if reason is not None:
+        warnings.warn(f"rotate: {reason}, so the residual rotation cannot be folded into its weights; "
+                      "using an online Hadamard transform on each converted linear's input instead", stacklevel=3)
+        kind = rotate_structure(model)
+        for m in model.modules():
+            if isinstance(m, HadamardLinear):
+                _mul(m.linear, right=hadamard(m.in_features))
+        return kind
+    cfg = model.config
+    inner = model.model
+    layers = inner.layers
+    hidden = cfg.hidden_size
+    n_heads = cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or hidden // n_heads
+    rotate_structure(model)
+    gen = torch.Generator().manual_seed(seed)
+    signs = torch.randint(0, 2, (hidden,), generator=gen).double() * 2 - 1
+    Q = signs[:, None] * hadamard(hidden)  # orthogonal: diag(s) H
+    Hd = hadamard(head_dim)
+    for layer in layers:
+        att, mlp = layer.self_attn, layer.mlp
+        _fold_norm(layer.input_layernorm, [att.q_proj, att.k_proj, att.v_proj])
+        _fold_norm(layer.post_attention_layernorm, [mlp.gate_proj, mlp.up_proj])
+        for lin in (att.q_proj, att.k_proj, att.v_proj, mlp.gate_proj, mlp.up_proj):
+            _mul(lin, right=Q)
+        # values per head: V' = V Hd (rows of v_proj), o_proj columns per head: W_o Hd
+        n_v = att.v_proj.out_features // head_dim
+        _mul(att.v_proj, left=torch.block_diag(*[Hd] * n_v))
+        _mul(att.o_proj, right=torch.block_diag(*[Hd] * (att.o_proj.in_features // head_dim)), left=Q)
+        down = mlp.down_proj.linear
+        _mul(down, right=hadamard(down.in_features), left=Q)
+    _fold_norm(inner.norm, [model.lm_head])
+    _mul(model.lm_head, right=Q)
+    emb = model.get_input_embeddings()
+    emb.weight.data = (emb.weight.detach().double() @ Q).to(emb.weight.dtype)
+    return "residual"
