@@ -101,6 +101,9 @@ register(
 _SHAPES_DATA = "python -m tasks.detection.synthetic shapes --train 2000 --val 300 --seed 0"
 _SHAPES_TRAIN = ("zoo train spikeyolo-tiny-shapes --data shapes --epochs 15 --batch 16 --time-limit 1140 "
                  "--set warmup_epochs=1 close_mosaic=3 nbs=16 lr0=0.02")
+_SHAPES_FINETUNE = ("zoo train spikeyolo-tiny-shapes --data shapes --weights weights/spikeyolo_tiny_shapes.safetensors "
+                    "--epochs 10 --batch 16 --time-limit 3300 --set warmup_epochs=0 min_warmup_iters=50 "
+                    "warmup_bias_lr=0.01 close_mosaic=5 nbs=16 lr0=0.01 lrf=0.05")
 _SHAPES_VAL = "synthetic shapes val (300 images, seed 0)"
 
 register(
@@ -108,20 +111,23 @@ register(
     input="RGB image [B, 3, H, W], float in [0, 1], H and W multiples of 32 (trained at 128x128 letterboxed)",
     input_size=(1, 3, 128, 128), T=1, neuron=_ILIF, weights="spikeyolo-tiny-shapes", classes=SHAPES_CLASSES,
     metrics=[
-        dict(dataset=_SHAPES_VAL, metric="mAP@50", value=54.28, source="reproduced",
+        dict(dataset=_SHAPES_VAL, metric="mAP@50", value=83.93, source="reproduced",
              command="zoo eval spikeyolo-tiny-shapes --data shapes --batch 16"),
-        dict(dataset=_SHAPES_VAL, metric="mAP@50:95", value=34.51, source="reproduced",
+        dict(dataset=_SHAPES_VAL, metric="mAP@50:95", value=62.60, source="reproduced",
              command="zoo eval spikeyolo-tiny-shapes --data shapes --batch 16"),
-        dict(dataset=_SHAPES_VAL, metric="mAP@50 (spike-driven)", value=54.46, source="reproduced",
+        dict(dataset=_SHAPES_VAL, metric="mAP@50 (spike-driven)", value=83.86, source="reproduced",
              command="zoo eval spikeyolo-tiny-shapes --data shapes --batch 16 --mode spike",
              note="a few counts round differently when events are summed in another order"),
-        dict(dataset=_SHAPES_VAL, metric="energy (mJ, first val image, fp32)", value=0.1945, source="reproduced",
-             command="zoo eval spikeyolo-tiny-shapes --data shapes --batch 16"),
+        dict(dataset=_SHAPES_VAL, metric="energy (mJ, first val image, fp32)", value=0.2047, source="reproduced",
+             command="zoo eval spikeyolo-tiny-shapes --data shapes --batch 16", note="firing rate 0.4908"),
     ],
     notes="The zoo's demo model: SpikeYOLO [depth 0.33, width 0.125] with 6 classes (circle, square, triangle, "
-          f"cross, ring, diamond). Data: `{_SHAPES_DATA}`. Trained on CPU (2 cores, shared with other jobs) with "
-          f"`{_SHAPES_TRAIN}`: the time limit stopped it after 9 of 15 epochs, 1147 s (19.1 min) in all, "
-          "validation included; best EMA weights (epoch 9). " + _OUTPUT,
+          f"cross, ring, diamond). Data: `{_SHAPES_DATA}`. Trained on CPU (2 cores, shared with other jobs) in two "
+          f"runs: `{_SHAPES_TRAIN}` (stopped by its time limit after 9 of 15 epochs, 19.1 min, mAP@50 54.28), then "
+          f"fine-tuned from those weights with `{_SHAPES_FINETUNE}` (all 10 epochs, 57.5 min with validation, one "
+          "thread; mosaic off for the last 5); best EMA weights (the last epoch). On the bundled image "
+          "weights/demo/shapes.jpg it finds all 5 objects with their classes (3 circles, a ring, a square). "
+          + _OUTPUT,
 )(_builder((0.33, 0.125, 1024), nc=6, T=1))
 
 
