@@ -144,7 +144,7 @@ def save_label(label: torch.Tensor, path: Path, colours: np.ndarray) -> None:
 
     top = int(label.max()) if label.numel() else 0
     if top < 256:
-        im = Image.fromarray(label.numpy().astype(np.uint8), "P")
+        im = Image.fromarray(label.numpy().astype(np.uint8))  # grey "L"; a palette makes it "P"
         im.putpalette(colours[:256].flatten().tolist() + [0] * (768 - 3 * min(len(colours), 256)))
     else:
         im = Image.fromarray(label.numpy().astype(np.uint16))

@@ -258,3 +258,21 @@ def test_zoo_eval_command_and_bad_data(seg_cli, tmp_path, capsys):
     assert "img1.png" in err and "is 5x5 but its image" in err and "\n" not in err
     assert zoo.cli.main(["eval", "spike2former-ade20k", "--data", str(tmp_path / "none")]) == 2
     assert "is not a folder" in capsys.readouterr().err
+
+
+def test_zoo_profile_reports_energy_beside_the_paper(monkeypatch, capsys):
+    import zoo.api
+
+    monkeypatch.setattr(zoo.api, "load", lambda name, **kw: tiny_model(num_classes=150))
+    assert zoo.cli.main(["profile", "spike2former-voc2012", "--input-size", "1", "3", "32", "32", "--mode", "spike"]) == 0
+    text = capsys.readouterr().out
+    assert "SpikeProduct" in text and "random weights" in text
+    assert "paper: 63 mJ per image (PASCAL VOC2012 val, T1 x D4); random weights fire differently" in text
+
+
+def test_bench_suite_is_registered(capsys):
+    from zoo.plugin import task
+
+    assert task("segmentation").bench() is not None
+    assert zoo.cli.main(["bench", "segmentation", "--imgsz", "0"]) == 2
+    assert "--imgsz must be positive" in capsys.readouterr().err
