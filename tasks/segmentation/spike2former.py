@@ -180,7 +180,13 @@ class BNAndPadLayer(nn.Module):
 
 
 class RepConv(nn.Module):
-    """``1x1 (on spikes) -> BNAndPad -> depthwise 3x3 (no padding) -> 1x1 -> BN``: a re-parameterisable 3x3 conv."""
+    """``1x1 (on spikes) -> BNAndPad -> depthwise 3x3 (no padding) -> 1x1 -> BN``: a re-parameterisable 3x3 conv.
+
+    The chain is linear, so at inference it is one 3x3 conv (zero padding, with bias) on the spikes: in
+    spike-driven mode (and only there) it runs as that conv, ``rep``, on events (its weights are recomputed from
+    the chain at every forward and kept out of the state dict), so every one of its operations is an accumulate.
+    Integer mode runs the chain as the official code does.
+    """
 
     def __init__(self, c_in: int, c_out: int, source):
         super().__init__()
@@ -193,8 +199,34 @@ class RepConv(nn.Module):
                 nn.BatchNorm2d(c_out),
             ),
         )
+        self.rep = neurons.SpikeConv2d(c_in, c_out, 3, 1, 1, bias=True, source=source)
+        for name in ("weight", "bias"):  # derived from the chain, not parameters of their own
+            delattr(self.rep, name)
+            self.rep.register_buffer(name, torch.zeros(c_out, *((c_in, 3, 3) if name == "weight" else ())),
+                                     persistent=False)
+
+    @staticmethod
+    def _bn(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        return scale, bn.bias - bn.running_mean * scale
+
+    @torch.no_grad()
+    def merged(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The 3x3 conv equal to the chain (eval statistics): ``(weight [C_out, C_in, 3, 3], bias [C_out])``."""
+        w1 = self.body[0].weight[:, :, 0, 0]  # [C, C_in]
+        s1, b1 = self._bn(self.body[1].bn)
+        dw, pw, bn2 = self.body[2]
+        wd = dw.weight[:, 0]  # [C, 3, 3]
+        wp = pw.weight[:, :, 0, 0]  # [C_out, C]
+        s2, b2 = self._bn(bn2)
+        weight = torch.einsum("oc,ckl,ci->oikl", wp * s2[:, None], wd, s1[:, None] * w1)
+        bias = s2 * (wp @ (wd.sum((1, 2)) * b1)) + b2
+        return weight, bias
 
     def forward(self, x):
+        if self.rep.spike_driven and not self.training:
+            self.rep.weight, self.rep.bias = self.merged()
+            return self.rep(x)
         return self.body(x)
 
 
