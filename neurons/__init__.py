@@ -10,10 +10,10 @@
 from .errors import NeuronError
 from .modes import Equivalence, auto_reset, check_equivalence, mode_of, to_integer, to_spike_driven
 from .nodes import ILIF, NILIF, BinaryLIF, ILIFGen1, Levels, MultiSpike, Ternary, TopKSpike, is_count_neuron, ternary_counts
-from .synapse import SpikeConv1d, SpikeConv2d, SpikeConv3d, SpikeLinear, Synapse, expand_events
+from .synapse import SpikeConv1d, SpikeConv2d, SpikeConv3d, SpikeLinear, SpikeProduct, Synapse, expand_events
 
 __all__ = [
     "ILIF", "ILIFGen1", "NILIF", "MultiSpike", "Ternary", "BinaryLIF", "TopKSpike", "Levels", "is_count_neuron", "ternary_counts", "NeuronError",
-    "SpikeConv1d", "SpikeConv2d", "SpikeConv3d", "SpikeLinear", "Synapse", "expand_events",
+    "SpikeConv1d", "SpikeConv2d", "SpikeConv3d", "SpikeLinear", "SpikeProduct", "Synapse", "expand_events",
     "to_spike_driven", "to_integer", "mode_of", "check_equivalence", "auto_reset", "Equivalence",
 ]

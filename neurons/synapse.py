@@ -148,3 +148,105 @@ class SpikeLinear(Synapse, nn.Linear):
 
     def _channel_bias(self, out):
         return out + self.bias
+
+
+def _counts(x: torch.Tensor, lv: Levels, who: str) -> torch.Tensor:
+    """The integer counts behind ``x`` (``x / scale`` rounded), checked to be counts of ``lv``."""
+    counts = x / lv.scale if lv.scale != 1.0 else x
+    rounded = torch.round(counts)
+    low = -lv.D if lv.signed else 0
+    if rounded.numel() and ((rounded - counts).abs().max() > 1e-3 or rounded.max() > lv.D or rounded.min() < low):
+        raise NeuronError(f"{who} in spike-driven mode got values that are not counts in [{low}, {lv.D}] x "
+                          f"{lv.scale:g}; feed it from its neuron, or build it with the right Levels")
+    return rounded
+
+
+class SpikeProduct(Synapse, nn.Module):
+    """The product of two tensors of which one or both are count neurons' outputs: ``a @ b`` or an einsum.
+
+    Spiking attention multiplies spikes by spikes (``q (k^T v)``, ``q k^T v``) or by real values; there is no
+    weight layer to hold the ``scale`` of the counts. ``left`` / ``right``: the neuron (or :class:`Levels`) behind
+    ``a`` / ``b``, ``None`` for a real-valued operand. ``equation``: an einsum equation (default: ``torch.matmul``).
+
+    * integer mode: ``a @ b`` (or the einsum) of the values, as the model was written;
+    * spike-driven mode: every spiking operand is expanded into ``D`` binary (or ternary) event slots
+      (:func:`expand_events`); the product runs once per pair of slots on those events (an event adds the
+      other operand's value: an accumulate), the slots are summed, and the scales of the counts multiply the
+      result once (as the ``/D`` folded into a weight layer).
+
+    :meth:`event_acs` is the exact number of accumulates the events trigger (what :func:`zoo.profile` counts).
+    """
+
+    def __init__(self, left=None, right=None, equation: str | None = None):
+        nn.Module.__init__(self)
+        if left is None and right is None:
+            raise TypeError("SpikeProduct needs a spiking operand: pass left= and/or right= (a count neuron or Levels)")
+        self._sides = []
+        for src in (left, right):
+            if src is None or isinstance(src, Levels):
+                self._sides.append(src)
+            elif is_count_neuron(src):
+                self._sides.append(src)  # a plain list: the neuron is registered elsewhere in the model
+            else:
+                raise TypeError(f"left / right must be a Levels or a count neuron, got {type(src).__name__}")
+        self.equation = equation
+        self.spike_driven = False
+
+    def side_levels(self, i: int) -> Levels | None:
+        src = self._sides[i]
+        return src.levels if src is not None and not isinstance(src, Levels) else src
+
+    @property
+    def levels(self) -> Levels:  # the first spiking operand's (Synapse's interface)
+        return self.side_levels(0) or self.side_levels(1)
+
+    def _op(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.matmul(a, b) if self.equation is None else torch.einsum(self.equation, a, b)
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        if not self.spike_driven:
+            return self._op(a, b)
+        slots, scale = [], 1.0
+        for x, i in ((a, 0), (b, 1)):
+            lv = self.side_levels(i)
+            if lv is None:
+                slots.append([x])
+            else:
+                slots.append(expand_events(_counts(x, lv, type(self).__name__), lv.D, lv.signed))
+                scale *= lv.scale
+        out = None
+        for ea in slots[0]:
+            for eb in slots[1]:
+                y = self._op(ea, eb)
+                out = y if out is None else out + y
+        return out * scale if scale != 1.0 else out
+
+    def _spec(self, a: torch.Tensor, b: torch.Tensor) -> str:
+        if self.equation is not None:
+            return self.equation.split("->")[0]
+        sa = "...mk" if a.dim() > 1 else "k"
+        sb = "...kn" if b.dim() > 1 else "k"
+        return f"{sa},{sb}"
+
+    @torch.no_grad()
+    def event_acs(self, a: torch.Tensor, b: torch.Tensor) -> int:
+        """Accumulates of one forward: per unit event of a spiking operand, one per value of the other operand it
+        meets (both spiking: one per pair of events). Exact, from the counts."""
+        weights = []
+        for x, i in ((a, 0), (b, 1)):
+            lv = self.side_levels(i)
+            if lv is None:
+                weights.append(torch.ones((), dtype=torch.float64).expand(x.shape))
+            else:
+                c = torch.round(x / lv.scale) if lv.scale != 1.0 else x
+                weights.append(c.abs().double())
+        return int(torch.einsum(self._spec(a, b) + "->", *weights).item())
+
+    @torch.no_grad()
+    def dense_macs(self, a: torch.Tensor, b: torch.Tensor) -> int:
+        """Multiply-accumulates of the dense product."""
+        ones = [torch.ones((), dtype=torch.float64).expand(x.shape) for x in (a, b)]
+        return int(torch.einsum(self._spec(a, b) + "->", *ones).item())
+
+
+__all__.append("SpikeProduct")

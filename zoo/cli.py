@@ -178,6 +178,10 @@ def cmd_profile(name: str, argv: list[str]) -> None:
     print(f"\n{name}: input {list(size)}, {args.mode} mode, {used}, {fmt_count(result.params)} params, {fmt_count(result.macs)} MACs, {fmt_count(result.acs)} ACs, "
           f"firing rate {'-' if fr is None else f'{fr:.3f}'}, energy {result.energy_mj:.4f} mJ "
           f"({args.preset}: E_MAC {result.e_mac_pj} pJ, E_AC {result.e_ac_pj} pJ)")
+    for m in card.metrics:  # the paper's figure beside the measured one
+        if m.metric == "energy (mJ)":
+            print(f"paper: {m.value:g} mJ per image ({m.dataset}{', ' + m.note if m.note else ''})"
+                  + ("; random weights fire differently" if weights == "random" else ""))
 
 
 # --------------------------------------------------------------------------- task verbs

@@ -22,9 +22,12 @@ count neuron and reads the counts behind its input with ``input_counts``.
 AC counts are exact (each input's count times its real fan-out, borders,
 strides, dilation and groups included), not ``rate x dense FLOPs``. The paper
 convention ``SOP = fr x T x FLOPs`` is the same number up to border effects.
-Operations outside Conv/Linear layers (attention matmuls, norms, additions)
-are not counted; models that need them counted wrap them in layers. A layer that
-is neither (a sparse convolution, say) counts itself: a module with
+Products of spikes with spikes or with real values (spiking attention) are
+counted where they are :class:`neurons.SpikeProduct` modules: one AC per unit
+event and value of the other operand it meets (one per pair of events when
+both operands spike; :meth:`neurons.SpikeProduct.event_acs`). Other
+operations (norms, additions, plain matmuls) are not counted.
+A weight layer that is no Conv or Linear (a sparse convolution, say) counts itself: a module with
 ``profile_operations(input, output) -> {"dense": MACs as a dense op, "acs": event
 accumulates or None (real-valued input: the dense MACs), "input_rate": ...}`` is
 hooked like a Conv.
@@ -204,6 +207,17 @@ class _Counter:
         s.acs += _event_acs(module, events, out)
         s.input_rate = float(events.float().mean())
 
+    def product_hook(self, name: str):
+        def hook(module, args, kwargs, out):
+            a, b = (list(args) + list(kwargs.values()))[:2]
+            with torch._C.DisableTorchFunction():
+                s = self.stats.setdefault(name, LayerStats(name, type(module).__name__))
+                s.dense_ops += module.dense_macs(a, b)
+                s.acs += module.event_acs(a, b)
+                spiking = [x / lv.scale for x, lv in ((a, module.side_levels(0)), (b, module.side_levels(1))) if lv]
+                s.input_rate = float(sum(x.abs().float().mean() for x in spiking) / len(spiking))
+        return hook
+
     def count_neuron(self, name: str, module: nn.Module, out: torch.Tensor, scale: float) -> None:
         s = self.stats.setdefault(name, LayerStats(name, type(module).__name__))
         rate = float((out / scale).abs().float().mean())
@@ -228,6 +242,8 @@ def profile(model: nn.Module, *inputs, preset: str = "fp32", **kwargs) -> Profil
     for name, m in model.named_modules():
         if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) or hasattr(m, "profile_operations"):
             hooks.append(m.register_forward_hook(counter.weight_hook(name), with_kwargs=True))
+        elif isinstance(m, neurons.SpikeProduct):
+            hooks.append(m.register_forward_hook(counter.product_hook(name), with_kwargs=True))
         elif spiking_neuron_scale(m) is not None:
             hooks.append(m.register_forward_hook(counter.neuron_hook(name)))
     was_training = model.training

@@ -2,7 +2,8 @@
 
 ``models`` holds the cards, ``spike2former`` / ``dcnv3`` the architecture, ``convert`` the official (mmengine)
 checkpoint converter, ``data`` the data set adapters, ``metrics`` mIoU / mAcc / aAcc, ``synthetic`` the demo
-data set, ``cli`` the verbs.
+data set, ``pipeline`` the official test pipeline, ``predict`` (``segment`` in memory, ``predict`` over files) and
+``evaluate`` the work of the verbs, ``fast`` the fast inference path, ``cli`` the verbs.
 """
 
 from zoo.plugin import Task, lazy_exports

@@ -55,10 +55,19 @@ compare at one thread.
 Synapse layers: every conv / linear that reads a neuron's output is a
 ``neurons.SpikeConv1d`` / ``SpikeConv2d`` / ``SpikeLinear`` bound to that
 neuron (or, where the head scales a neuron's output by ``alpha``, to its
-``Levels`` with ``scale = alpha / D``), so ``neurons.to_spike_driven`` runs
-those layers on events. The products of two spike tensors (the attention
-``q (k^T v)`` and ``q k^T v``, the mask ``einsum``) and the DCN sampling are
-plain tensor products here; their event expansion is not implemented.
+``Levels`` with ``scale = alpha / D``), and every product with spiking
+operands is a ``neurons.SpikeProduct`` bound to its neurons: the backbone's
+``q (k^T v)``, the decoder's ``q k^T v`` and the head's mask ``einsum``
+(``alpha x`` spikes times the real mask features). ``neurons.to_spike_driven``
+runs all of them on events: counts expanded into ``D`` binary slots, the
+``1/D`` (and ``alpha``) applied once to the layer's weights or the product's
+result; ``zoo profile`` counts their accumulates. Only the DCN sampling
+(spiking mask times bilinearly sampled values) stays a plain computation, and
+uncounted.
+
+Fast inference (:func:`tasks.segmentation.fast.optimize`): one time step instead of ``T`` (all steps compute
+the same at inference), only the last layer's masks (all the logits use), and the decoder attention in the
+order ``q (k^T v)``.
 """
 
 from __future__ import annotations
@@ -171,7 +180,13 @@ class BNAndPadLayer(nn.Module):
 
 
 class RepConv(nn.Module):
-    """``1x1 (on spikes) -> BNAndPad -> depthwise 3x3 (no padding) -> 1x1 -> BN``: a re-parameterisable 3x3 conv."""
+    """``1x1 (on spikes) -> BNAndPad -> depthwise 3x3 (no padding) -> 1x1 -> BN``: a re-parameterisable 3x3 conv.
+
+    The chain is linear, so at inference it is one 3x3 conv (zero padding, with bias) on the spikes: in
+    spike-driven mode (and only there) it runs as that conv, ``rep``, on events (its weights are recomputed from
+    the chain at every forward and kept out of the state dict), so every one of its operations is an accumulate.
+    Integer mode runs the chain as the official code does.
+    """
 
     def __init__(self, c_in: int, c_out: int, source):
         super().__init__()
@@ -184,8 +199,34 @@ class RepConv(nn.Module):
                 nn.BatchNorm2d(c_out),
             ),
         )
+        self.rep = neurons.SpikeConv2d(c_in, c_out, 3, 1, 1, bias=True, source=source)
+        for name in ("weight", "bias"):  # derived from the chain, not parameters of their own
+            delattr(self.rep, name)
+            self.rep.register_buffer(name, torch.zeros(c_out, *((c_in, 3, 3) if name == "weight" else ())),
+                                     persistent=False)
+
+    @staticmethod
+    def _bn(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        return scale, bn.bias - bn.running_mean * scale
+
+    @torch.no_grad()
+    def merged(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The 3x3 conv equal to the chain (eval statistics): ``(weight [C_out, C_in, 3, 3], bias [C_out])``."""
+        w1 = self.body[0].weight[:, :, 0, 0]  # [C, C_in]
+        s1, b1 = self._bn(self.body[1].bn)
+        dw, pw, bn2 = self.body[2]
+        wd = dw.weight[:, 0]  # [C, 3, 3]
+        wp = pw.weight[:, :, 0, 0]  # [C_out, C]
+        s2, b2 = self._bn(bn2)
+        weight = torch.einsum("oc,ckl,ci->oikl", wp * s2[:, None], wd, s1[:, None] * w1)
+        bias = s2 * (wp @ (wd.sum((1, 2)) * b1)) + b2
+        return weight, bias
 
     def forward(self, x):
+        if self.rep.spike_driven and not self.training:
+            self.rep.weight, self.rep.bias = self.merged()
+            return self.rep(x)
         return self.body(x)
 
 
@@ -271,6 +312,8 @@ class MS_Attention_RepConv_qkv_id(nn.Module):
         self.v_spike = neuron()
         self.attn_spike = neuron()
         self.proj_conv = nn.Sequential(RepConv(dim, dim, self.attn_spike), nn.BatchNorm2d(dim))
+        self.kv = neurons.SpikeProduct(self.k_spike, self.v_spike)  # k^T v: spikes x spikes
+        self.q_kv = neurons.SpikeProduct(self.q_spike, None)  # q (k^T v): spikes x real
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         """``[T, B, C, H, W]`` -> ``[T, B, heads, N, C / heads]``."""
@@ -283,7 +326,7 @@ class MS_Attention_RepConv_qkv_id(nn.Module):
         q = self._heads(self.q_spike(per_step(self.q_conv, x)))
         k = self._heads(self.k_spike(per_step(self.k_conv, x)))
         v = self._heads(self.v_spike(per_step(self.v_conv, x)))
-        x = (q @ (k.transpose(-2, -1) @ v)) * self.scale  # [T, B, heads, N, C / heads]
+        x = self.q_kv(q, self.kv(k.transpose(-2, -1), v)) * self.scale  # [T, B, heads, N, C / heads]
         x = self.attn_spike(x.transpose(3, 4).reshape(t, b, c, h, w))
         return per_step(self.proj_conv, x)
 
@@ -349,8 +392,9 @@ class SpikingMetaFormer(nn.Module):
             x = blk(x)
         return x
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = x.unsqueeze(0).repeat(self.T, 1, 1, 1, 1)  # [T, B, 3, H, W]
+    def forward(self, x: torch.Tensor, steps: int | None = None) -> list[torch.Tensor]:
+        """``steps``: time steps to run (default ``T``); at inference every step computes the same."""
+        x = x.unsqueeze(0).repeat(steps or self.T, 1, 1, 1, 1)  # [T, B, 3, H, W]
         x1 = self._stage(x, self.downsample1_1, *self.ConvBlock1_1)  # 1/2
         x2 = self._stage(x1, self.downsample1_2, *self.ConvBlock1_2)  # 1/4
         x3 = self._stage(x2, self.downsample2, *self.ConvBlock2_1, *self.ConvBlock2_2)  # 1/8
@@ -559,6 +603,12 @@ class SpikeMultiHeadAttention(nn.Module):
         self.v_spike = neuron()
         self.attn_spike = neuron()
         self.out_conv = nn.Sequential(neurons.SpikeConv1d(dim, dim, 1, source=self.attn_spike), nn.BatchNorm1d(dim))
+        self.qk = neurons.SpikeProduct(self.q_spike, self.k_spike)  # q k^T: spikes x spikes
+        self.scores_v = neurons.SpikeProduct(None, self.v_spike)  # (q k^T) v: real x spikes
+        # the fast path's order q (k^T v) (no softmax, so the same product): fewer operations when N >> C / heads
+        self.kv = neurons.SpikeProduct(self.k_spike, self.v_spike)
+        self.q_kv = neurons.SpikeProduct(self.q_spike, None)
+        self.reorder = False  # set by tasks.segmentation.fast.optimize
 
     @staticmethod
     def _project(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -574,8 +624,12 @@ class SpikeMultiHeadAttention(nn.Module):
         q = self._heads(self.q_spike(self._project(self.q_conv, self.q_conv_spike(query))))
         k = self._heads(self.k_spike(self._project(self.k_conv, self.k_conv_spike(key))))
         v = self._heads(self.v_spike(self._project(self.v_conv, self.v_conv_spike(value))))
-        scores = (q @ k.transpose(3, 4)) / (self.embed_dim ** 0.5)
-        out = (scores @ v).transpose(2, 3).reshape(t, b, nq, c)
+        if self.reorder:
+            out = self.q_kv(q, self.kv(k.transpose(3, 4), v)) / (self.embed_dim ** 0.5)
+        else:
+            scores = self.qk(q, k.transpose(3, 4)) / (self.embed_dim ** 0.5)
+            out = self.scores_v(scores, v)
+        out = out.transpose(2, 3).reshape(t, b, nq, c)
         return self._project(self.out_conv, self.attn_spike(out))
 
 
@@ -689,12 +743,16 @@ class MaskFormerHead(nn.Module):
             neurons.SpikeConv1d(cfg.num_queries, cfg.num_queries, 1, bias=False,
                                 source=scaled_levels(self.shortcut_conv_spike, cfg.alpha)),
             nn.BatchNorm1d(cfg.num_queries))
+        # masks = mask_embed (alpha x spikes) . mask features (real), per layer and time step
+        self.mask_product = neurons.SpikeProduct(scaled_levels(self.mask_embed_spike, cfg.alpha), None,
+                                                 equation="ltbqc,tbchw->ltbqhw")
         nn.init.constant_(self.cls_embed.bias, 0)
         trunc_normal_(self.cls_embed.weight, std=0.02)
         nn.init.constant_(self.mask_embed.fc_out.bias, 0)
         trunc_normal_(self.mask_embed.fc_out.weight, std=0.02)
 
-    def forward(self, feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, feats: list[torch.Tensor], last_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """``last_only``: masks of the last layer only (all that the semantic logits use)."""
         mask_features, memory, keys = self.pixel_decoder(feats)
         t, b = memory.shape[:2]
         query = self.query_feat.weight.expand(t, b, -1, -1)
@@ -717,7 +775,9 @@ class MaskFormerHead(nn.Module):
         shortcut = self.shortcut_conv(self.alpha * self.shortcut_conv_spike(out_dec).reshape(-1, q, c))
         mask_embed = self.mask_embed(spikes) + self.w * shortcut.reshape(n_out, t, b, q, c)
         mask_embed = self.alpha * self.mask_embed_spike(mask_embed)
-        mask_preds = torch.einsum("ltbqc,tbchw->ltbqhw", mask_embed, mask_features).mean(1)
+        if last_only:
+            mask_embed = mask_embed[-1:]
+        mask_preds = self.mask_product(mask_embed, mask_features).mean(1)
         return cls_scores, mask_preds
 
     @staticmethod
@@ -748,6 +808,7 @@ class Spike2Former(nn.Module):
         neuron = lambda: neurons.NILIF(D=cfg.D, step_mode="s")  # noqa: E731  one step over the whole [T, B, ...]
         self.backbone = SpikingMetaFormer(cfg, neuron)
         self.decode_head = MaskFormerHead(cfg, neuron)
+        self.fast_inference = False  # set by tasks.segmentation.fast.optimize
 
     def check_input(self, x) -> None:
         check_image_batch(x, "Spike2Former")
@@ -755,7 +816,9 @@ class Spike2Former(nn.Module):
     def forward(self, x: torch.Tensor, return_layers: bool = False):
         self.check_input(x)
         functional.reset_net(self)
-        cls_scores, mask_preds = self.decode_head(self.backbone(x))
+        fast = self.fast_inference and not self.training
+        feats = self.backbone(x, steps=1 if fast else None)
+        cls_scores, mask_preds = self.decode_head(feats, last_only=fast and not return_layers)
         logits = MaskFormerHead.predict(cls_scores, mask_preds, tuple(x.shape[-2:]))
         return (logits, cls_scores, mask_preds) if return_layers else logits
 
