@@ -17,6 +17,16 @@ the same weights and the same input (batch 1, 640x640 by default):
 * ``bf16-fast``: the fast path under bf16 autocast (counts 0..D are exact in
   bf16). Run only where the CPU has bf16 arithmetic (AVX512-BF16 or AMX);
   elsewhere one 3x3 convolution is timed in both precisions to show why not.
+* ``onnxruntime``: the graph ``zoo export`` writes (the reference network,
+  neurons as round/clip, decoded head), run by onnxruntime's CPU provider with
+  all its graph optimisations (it folds BN into the convolutions itself) and
+  as many threads as torch uses; its one-off export time and its difference
+  from the reference are reported. Skipped, with a line, where onnx or
+  onnxruntime is not installed (``pip install -e '.[export]'``).
+
+The CPU's capabilities (``torch.backends.cpu.get_cpu_capability()`` and the
+``/proc/cpuinfo`` flags that matter: AVX2, AVX-512, BF16, VNNI, AMX) are
+printed above the ratios (:mod:`zoo.arith`).
 
 Then the demo model's mAP@50 on a generated held-out set, reference vs fast.
 Times are medians of ``--repeats`` forwards after one warm-up; only ratios are
@@ -37,7 +47,13 @@ from zoo.plugin import Verb
 
 from . import progress
 
-PATHS = ("reference", "fp32-fast", "fp32-winograd", "fp32-compiled", "bf16-fast")
+PATHS = ("reference", "fp32-fast", "fp32-winograd", "fp32-compiled", "bf16-fast", "onnxruntime")
+
+
+def has_onnxruntime() -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxruntime"))
 
 
 def cpu_has_bf16() -> bool:
@@ -72,6 +88,41 @@ def _model(name: str, weights: str | None, seed: int = 0):
     return firing_statistics(model) if weights is None else model
 
 
+def onnxruntime_worker(name: str, weights: str | None, imgsz: int, repeats: int) -> dict:
+    """The ``onnxruntime`` path: export the reference model (``zoo export``'s graph), time onnxruntime on it."""
+    import os
+    import resource
+    import tempfile
+
+    import onnxruntime as ort
+    import torch
+
+    from tasks.detection.export import export_onnx
+
+    model = _model(name, weights)
+    x = torch.rand(1, 3, imgsz, imgsz, generator=torch.Generator().manual_seed(1))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.onnx")
+        t = time.perf_counter()
+        res = export_onnx(model, model.card, (1, 3, imgsz, imgsz), path, strict=False)
+        export_s = time.perf_counter() - t
+        del model
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    feed = {"images": x.numpy()}
+    session.run(None, feed)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        session.run(None, feed)
+        times.append(time.perf_counter() - t)
+    return {"path": "onnxruntime", "ms": statistics.median(times) * 1e3, "compile_s": export_s,
+            "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "onnx_max_rel": res.max_rel, "onnxruntime_version": ort.__version__}
+
+
 def worker(path: str, name: str, weights: str | None, imgsz: int, repeats: int) -> dict:
     """Time one path in this process; returns ms per forward and peak RSS."""
     import resource
@@ -80,6 +131,8 @@ def worker(path: str, name: str, weights: str | None, imgsz: int, repeats: int) 
 
     from zoo.fuse import optimize_for_inference
 
+    if path == "onnxruntime":
+        return onnxruntime_worker(name, weights, imgsz, repeats)
     model = _model(name, weights)
     x = torch.rand(1, 3, imgsz, imgsz, generator=torch.Generator().manual_seed(1))
     compile_s = None
@@ -160,10 +213,14 @@ def demo_map(n_val: int = 200) -> dict:
 
 
 def run(name: str = "spikeyolo-coco", weights: str | None = None, imgsz: int = 640, repeats: int = 5,
-        with_map: bool = True) -> dict:
+        with_map: bool = True, paths=PATHS) -> dict:
+    from zoo.arith import cpu_capabilities
+
     results = {}
     bf16 = cpu_has_bf16()
-    todo = [p for p in PATHS if p != "bf16-fast" or bf16]
+    ort = has_onnxruntime()
+    paths = ["reference", *(p for p in paths if p != "reference")]  # the ratios' denominator always runs
+    todo = [p for p in PATHS if p in paths and (p != "bf16-fast" or bf16) and (p != "onnxruntime" or ort)]
     for i, path in enumerate(todo, 1):
         progress(f"[{i}/{len(todo)}] timing path {path} ({name}, {imgsz}x{imgsz}, {repeats} forwards, own process)")
         cmd = [sys.executable, "-c",
@@ -176,8 +233,11 @@ def run(name: str = "spikeyolo-coco", weights: str | None = None, imgsz: int = 6
     ref = results["reference"]["ms"]
     for r in results.values():
         r["speedup"] = ref / r["ms"]
-    report = {"model": name, "imgsz": imgsz, "repeats": repeats, "cpu_bf16": bf16, "paths": results}
-    if not bf16:
+    report = {"model": name, "imgsz": imgsz, "repeats": repeats, "cpu": cpu_capabilities(), "cpu_bf16": bf16,
+              "paths": results}
+    if not ort and "onnxruntime" in paths:
+        report["onnxruntime_skipped"] = "onnx / onnxruntime not installed: pip install -e '.[export]'"
+    if not bf16 and "bf16-fast" in paths:
         report["bf16_probe_ms"] = conv_precision_probe()
     if with_map:
         progress("demo model mAP@50 on 200 generated held-out images: reference, fast, Winograd, spike-driven")
@@ -191,23 +251,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--imgsz", type=int, default=640, metavar="N", help="input size (default 640)")
     parser.add_argument("--repeats", type=int, default=5, metavar="N", help="timed forwards per path (default 5)")
     parser.add_argument("--no-map", action="store_true", help="skip the demo model's mAP check")
+    parser.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS), metavar="PATH",
+                        help=f"paths to time (default all: {' '.join(PATHS)}); reference always runs")
 
 
 def run_bench(args) -> None:
-    report = run(args.model, args.weights, args.imgsz, args.repeats, with_map=not args.no_map)
+    report = run(args.model, args.weights, args.imgsz, args.repeats, with_map=not args.no_map, paths=args.paths)
     if args.json:
         print(json.dumps(report, indent=2))
         return
+    from zoo.arith import describe
     from zoo.table import text
 
+    def note(r):
+        if "winograd_layers" in r:
+            return f"Winograd in {r['winograd_layers'][0]} of {r['winograd_layers'][1]} 3x3 layers"
+        if "onnx_max_rel" in r:
+            return (f"onnxruntime {r['onnxruntime_version']}; compile = zoo export; "
+                    f"output vs reference {r['onnx_max_rel']:.2g} of its range")
+        return ""
+
     rows = [{"path": p, "speedup": f"{r['speedup']:.2f}x", "peak memory": f"{r['peak_mb']:.0f} MB",
-             "compile": "-" if r.get("compile_s") is None else f"{r['compile_s']:.0f} s once",
-             "note": (f"Winograd in {r['winograd_layers'][0]} of {r['winograd_layers'][1]} 3x3 layers"
-                      if "winograd_layers" in r else "")}
+             "compile": "-" if r.get("compile_s") is None else f"{r['compile_s']:.0f} s once", "note": note(r)}
             for p, r in report["paths"].items()]
+    print(describe(report["cpu"]))
     print(f"{report['model']}, batch 1, {report['imgsz']}x{report['imgsz']}, median of {report['repeats']} "
           "forwards, each path in its own process (speedup = reference time / path time)")
     print(text(rows, ["path", "speedup", "peak memory", "compile", "note"]))
+    if "onnxruntime_skipped" in report:
+        print(f"onnxruntime: not run ({report['onnxruntime_skipped']})")
     if "bf16_probe_ms" in report:
         p = report["bf16_probe_ms"]
         print(f"bf16-fast: not run, this CPU has no bf16 arithmetic (AVX512-BF16/AMX); one 3x3 conv takes "
