@@ -17,6 +17,11 @@ the same weights and the same input (batch 1, 640x640 by default):
 * ``bf16-fast``: the fast path under bf16 autocast (counts 0..D are exact in
   bf16). Run only where the CPU has bf16 arithmetic (AVX512-BF16 or AMX);
   elsewhere one 3x3 convolution is timed in both precisions to show why not.
+* ``auto``: the fast path with each convolution on the arithmetic timed fastest
+  for its input shape among those the CPU and the layer allow: fp32 direct,
+  Winograd, bf16 on spike-count inputs (``zoo.arith.use_auto``); the one-off
+  tuning time is reported as its compile time, the per-layer choices and
+  their reasons in the JSON (``--layers`` prints them);
 * ``onnxruntime``: the graph ``zoo export`` writes (the reference network,
   neurons as round/clip, decoded head), run by onnxruntime's CPU provider with
   all its graph optimisations (it folds BN into the convolutions itself) and
@@ -47,7 +52,7 @@ from zoo.plugin import Verb
 
 from . import progress
 
-PATHS = ("reference", "fp32-fast", "fp32-winograd", "fp32-compiled", "bf16-fast", "onnxruntime")
+PATHS = ("reference", "fp32-fast", "fp32-winograd", "fp32-compiled", "bf16-fast", "auto", "onnxruntime")
 
 
 def has_onnxruntime() -> bool:
@@ -143,12 +148,16 @@ def worker(path: str, name: str, weights: str | None, imgsz: int, repeats: int) 
         x = x.contiguous(memory_format=torch.channels_last)
     if path == "fp32-compiled":
         model = torch.compile(model)
+    if path == "auto":
+        from zoo.arith import use_auto
+
+        use_auto(model)
     bf16 = path == "bf16-fast"
     times = []
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         t = time.perf_counter()
         model(x)
-        if path == "fp32-compiled":
+        if path in ("fp32-compiled", "auto"):
             compile_s = time.perf_counter() - t
         for _ in range(repeats):
             t = time.perf_counter()
@@ -156,6 +165,10 @@ def worker(path: str, name: str, weights: str | None, imgsz: int, repeats: int) 
             times.append(time.perf_counter() - t)
     out = {"path": path, "ms": statistics.median(times) * 1e3, "compile_s": compile_s,
            "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if path == "auto":
+        from zoo.arith import report
+
+        out["layers"] = report(model)
     if path == "fp32-winograd":
         from zoo.winograd import switches
 
@@ -208,8 +221,14 @@ def demo_map(n_val: int = 200) -> dict:
         got = evaluate(fast, val, imgsz=128, energy=False)
         got_wino = evaluate(wino, val, imgsz=128, energy=False)
         spike = evaluate(zoo.load("spikeyolo-tiny-shapes", mode="spike"), val, imgsz=128, energy=False)
+        from zoo.arith import report, use_auto
+
+        auto = optimize_for_inference(model, torch.rand(1, 3, 128, 128))
+        use_auto(auto)
+        got_auto = evaluate(auto, val, imgsz=128, energy=False)
+        used = sorted({r["arith"] for r in report(auto)})
     return {"images": n_val, "reference_map50": ref.map50, "fast_map50": got.map50, "winograd_map50": got_wino.map50,
-            "spike_map50": spike.map50}
+            "spike_map50": spike.map50, "auto_map50": got_auto.map50, "auto_arithmetics": used}
 
 
 def run(name: str = "spikeyolo-coco", weights: str | None = None, imgsz: int = 640, repeats: int = 5,
@@ -240,7 +259,7 @@ def run(name: str = "spikeyolo-coco", weights: str | None = None, imgsz: int = 6
     if not bf16 and "bf16-fast" in paths:
         report["bf16_probe_ms"] = conv_precision_probe()
     if with_map:
-        progress("demo model mAP@50 on 200 generated held-out images: reference, fast, Winograd, spike-driven")
+        progress("demo model mAP@50 on 200 generated held-out images: reference, fast, Winograd, spike-driven, auto")
         report["demo_map"] = demo_map()
     return report
 
@@ -251,6 +270,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--imgsz", type=int, default=640, metavar="N", help="input size (default 640)")
     parser.add_argument("--repeats", type=int, default=5, metavar="N", help="timed forwards per path (default 5)")
     parser.add_argument("--no-map", action="store_true", help="skip the demo model's mAP check")
+    parser.add_argument("--layers", action="store_true", help="print the auto path's per-layer choices")
     parser.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS), metavar="PATH",
                         help=f"paths to time (default all: {' '.join(PATHS)}); reference always runs")
 
@@ -260,12 +280,17 @@ def run_bench(args) -> None:
     if args.json:
         print(json.dumps(report, indent=2))
         return
+    from collections import Counter
+
     from zoo.arith import describe
     from zoo.table import text
 
     def note(r):
         if "winograd_layers" in r:
             return f"Winograd in {r['winograd_layers'][0]} of {r['winograd_layers'][1]} 3x3 layers"
+        if "layers" in r:
+            n = Counter(row["arith"] for row in r["layers"])
+            return "per conv and shape: " + ", ".join(f"{a} {n[a]}" for a in sorted(n)) + f" of {sum(n.values())}"
         if "onnx_max_rel" in r:
             return (f"onnxruntime {r['onnxruntime_version']}; compile = zoo export; "
                     f"output vs reference {r['onnx_max_rel']:.2g} of its range")
@@ -278,6 +303,11 @@ def run_bench(args) -> None:
     print(f"{report['model']}, batch 1, {report['imgsz']}x{report['imgsz']}, median of {report['repeats']} "
           "forwards, each path in its own process (speedup = reference time / path time)")
     print(text(rows, ["path", "speedup", "peak memory", "compile", "note"]))
+    if args.layers and "auto" in report["paths"]:
+        print("\nauto: the arithmetic of each convolution (per input shape) and why")
+        print(text([{"layer": r["layer"], "input": "x".join(map(str, r["shape"])), "arith": r["arith"],
+                     "ms": " ".join(f"{a} {t:.3g}" for a, t in r["ms"].items()) or "-", "why": r["why"]}
+                    for r in report["paths"]["auto"]["layers"]], ["layer", "input", "arith", "ms", "why"]))
     if "onnxruntime_skipped" in report:
         print(f"onnxruntime: not run ({report['onnxruntime_skipped']})")
     if "bf16_probe_ms" in report:
@@ -290,7 +320,8 @@ def run_bench(args) -> None:
               f"{d['reference_map50'] * 100:.2f}, fp32-fast {d['fast_map50'] * 100:.2f} "
               f"(change {abs(d['fast_map50'] - d['reference_map50']) * 100:.2f} points), all-Winograd "
               f"{d['winograd_map50'] * 100:.2f} (change {abs(d['winograd_map50'] - d['reference_map50']) * 100:.2f} points), spike-driven "
-              f"{d['spike_map50'] * 100:.2f}")
+              f"{d['spike_map50'] * 100:.2f}, auto ({'/'.join(d['auto_arithmetics'])}) {d['auto_map50'] * 100:.2f} "
+              f"(change {abs(d['auto_map50'] - d['reference_map50']) * 100:.2f} points)")
 
 
 VERB = Verb("SpikeYOLO inference paths side by side (reference = the official computation), as speed ratios",
