@@ -125,7 +125,7 @@ def onnxruntime_worker(name: str, weights: str | None, imgsz: int, repeats: int)
         times.append(time.perf_counter() - t)
     return {"path": "onnxruntime", "ms": statistics.median(times) * 1e3, "compile_s": export_s,
             "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "onnx_max_rel": res.max_rel, "onnxruntime_version": ort.__version__}
+            "onnx_max_rel": res.max_rel, "rounding_floor": res.rounding_floor, "onnxruntime_version": ort.__version__}
 
 
 def worker(path: str, name: str, weights: str | None, imgsz: int, repeats: int) -> dict:
@@ -292,8 +292,10 @@ def run_bench(args) -> None:
             n = Counter(row["arith"] for row in r["layers"])
             return "per conv and shape: " + ", ".join(f"{a} {n[a]}" for a in sorted(n)) + f" of {sum(n.values())}"
         if "onnx_max_rel" in r:
-            return (f"onnxruntime {r['onnxruntime_version']}; compile = zoo export; "
-                    f"output vs reference {r['onnx_max_rel']:.2g} of its range")
+            floor = r.get("rounding_floor")
+            return (f"onnxruntime {r['onnxruntime_version']}; compile = zoo export; output vs reference "
+                    f"{r['onnx_max_rel']:.2g} of its range"
+                    + ("" if floor is None else f" (reference with BN folded: {floor:.2g}, rounding-boundary flips)"))
         return ""
 
     rows = [{"path": p, "speedup": f"{r['speedup']:.2f}x", "peak memory": f"{r['peak_mb']:.0f} MB",

@@ -105,6 +105,22 @@ def _counts(x: torch.Tensor) -> bool:
     return bool(x.numel()) and bool(((x == torch.round(x)) & (x.abs() <= 256)).all())
 
 
+def _interleaved_ms(fns: dict, rounds: int = 5) -> dict[str, float]:
+    """Fastest of ``rounds`` timed calls of each function after a warm-up, the calls taken in turn (round
+    robin), so that a stall of a shared machine does not fall on one candidate only."""
+    import time
+
+    for fn in fns.values():
+        fn()
+    best = {name: float("inf") for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            best[name] = min(best[name], (time.perf_counter() - t) * 1e3)
+    return best
+
+
 class AutoConv:
     """Replaces one convolution's ``_conv_forward``: the arithmetic timed fastest for the input's shape."""
 
@@ -148,9 +164,7 @@ class AutoConv:
                     excluded.append("bf16: input is not spike counts")
                 else:
                     candidates.append(a)
-        from .winograd import _best_ms
-
-        ms = {a: _best_ms(lambda a=a: self._run(a, x, w, b), repeats=3) for a in dict.fromkeys(candidates)}
+        ms = _interleaved_ms({a: (lambda a=a: self._run(a, x, w, b)) for a in candidates})
         best = min(ms, key=ms.get)
         why = f"fastest of {', '.join(ms)}" if len(ms) > 1 else "the only candidate"
         return {"arith": best, "why": "; ".join([why, *excluded]), "ms": ms}

@@ -252,6 +252,10 @@ def run_export(args) -> None:
     if res.mode == "spike":
         line += f"; vs integer mode {res.integer_max_abs:.3g} ({res.integer_max_rel:.3g})"
     print(line)
+    if res.rounding_floor is not None:
+        print(f"over {res.tolerance:g}: counts on a rounding boundary flip with last-bit changes; the torch model "
+              f"itself moves by {res.rounding_floor:.3g} of the range with BN folded, so this is that effect, "
+              "not an export error")
     print("output y [B, 4 + nc, anchors] (xywh in input pixels, class scores); NMS is not in the graph")
 
 

@@ -15,6 +15,13 @@ description and shape, the output layout, the mode). After writing, the file is 
 on a random test input next to the torch model; the largest difference (absolute, and relative to the largest
 output value, as :func:`neurons.check_equivalence` measures) is reported and must be within ``1e-4``.
 
+onnxruntime's convolutions add in another order than torch's (and it folds BN into them), so its outputs
+differ in the last bits; a membrane potential on a rounding boundary then gives one count more or less, and a
+large network (SpikeYOLO-s at 640 with random weights: up to 4 % of the box range, the same as torch itself
+with BN folded) can carry that to many outputs. Where the difference is over ``1e-4``, the torch model's own
+sensitivity is measured (:func:`rounding_floor`: BN folded, torch against torch) and reported; a difference
+within ``NOISE_FACTOR`` times it is that effect, anything more an export error.
+
 The only change the export needs: :class:`neurons.ILIF` runs ``T > 1`` steps through SpikingJelly's registered
 ``sj_ilif::forward`` operator, which ONNX has no counterpart for; the export copy replaces each ILIF by
 :class:`ExportILIF`, the same equations as plain tensor ops in SpikingJelly's reference order
@@ -46,11 +53,12 @@ from torch import nn
 import neurons
 from zoo.errors import ZooError
 
-__all__ = ["INSTALL", "TOLERANCE", "ExportILIF", "ExportResult", "export_form", "export_onnx", "metadata",
-           "require_onnx", "max_difference"]
+__all__ = ["INSTALL", "TOLERANCE", "NOISE_FACTOR", "ExportILIF", "ExportResult", "export_form", "export_onnx",
+           "metadata", "require_onnx", "max_difference", "rounding_floor"]
 
 INSTALL = "pip install -e '.[export]' (or: pip install onnx onnxruntime)"
 TOLERANCE = 1e-4  # largest accepted |onnxruntime - torch| relative to the largest output value
+NOISE_FACTOR = 4  # ... or this many times the torch model's own rounding-boundary noise (see rounding_floor)
 OPSET = 17
 
 
@@ -175,6 +183,9 @@ class ExportResult:
     integer_max_abs: float  # onnxruntime vs the torch model in integer mode (the same as above in integer mode)
     integer_max_rel: float
     tolerance: float
+    # only where a difference is over the tolerance: what folding BN (last-bit changes) does to the torch model;
+    # a difference within NOISE_FACTOR times that is accepted as rounding-boundary flips, not an export error
+    rounding_floor: float | None
     metadata: dict
 
     def to_dict(self) -> dict:
@@ -224,9 +235,28 @@ def export_onnx(model: nn.Module, card, shape, path, opset: int = OPSET, seed: i
     got = session.run(None, {"images": x.numpy()})[0]
     max_abs, max_rel = max_difference(got, reference)
     int_abs, int_rel = max_difference(got, integer)
-    result = ExportResult(str(path), list(shape), mode, opset, max_abs, max_rel, int_abs, int_rel, TOLERANCE, props)
+    floor = None
+    if max(max_rel, int_rel) > TOLERANCE:
+        floor = rounding_floor(model, x, reference)
+    result = ExportResult(str(path), list(shape), mode, opset, max_abs, max_rel, int_abs, int_rel, TOLERANCE,
+                          floor, props)
     for label, a, r in (("the torch model", max_abs, max_rel), ("the torch model in integer mode", int_abs, int_rel)):
-        if strict and not r <= TOLERANCE:
+        if strict and not (r <= TOLERANCE or r <= NOISE_FACTOR * floor):
             raise ZooError(f"the ONNX model written to {path} differs from {label} by {a:.3g} ({r:.3g} of the "
-                           f"output range, more than {TOLERANCE:g}) on the test input; do not use it")
+                           f"output range) on the test input, more than {TOLERANCE:g} and more than {NOISE_FACTOR}x "
+                           f"what last-bit changes move the torch model by ({floor:.3g}); do not use it")
     return result
+
+
+def rounding_floor(model: nn.Module, x: torch.Tensor, reference: torch.Tensor) -> float:
+    """How far last-bit changes move ``model``'s output on ``x`` (relative to its range): the model with its
+    BatchNorms folded into the convolutions (:func:`zoo.fuse.fold_batchnorm`, each layer within ~1e-7) against
+    itself. A count whose membrane potential sits on a rounding boundary flips under such a change, and a
+    network (a randomly initialised one especially) can carry the flip to many outputs."""
+    from zoo.fuse import fold_batchnorm
+
+    try:
+        folded, _ = fold_batchnorm(model, x)
+    except ZooError:
+        return 0.0
+    return max_difference(folded(x)[0], reference)[1]
