@@ -8,7 +8,8 @@ HellaSwag, WinoGrande, told apart by their fields, or ``--lm-task``); any
 other file is a raw text corpus scored by perplexity. Prints the metric, the
 firing rate, events and energy per token of the SDLLM model, and the same for
 the full-precision base (``--no-base`` skips it). The parser is this task's own: an option of another
-task is an error. This module imports no torch.
+task is an error. ``zoo export`` is refused with the reason (:data:`EXPORT_REFUSAL`). This module imports no
+torch.
 """
 
 from __future__ import annotations
@@ -134,9 +135,9 @@ def run_export(args) -> None:
     raise ZooError(EXPORT_REFUSAL)
 
 
-VERBS = {"export": Verb("not available for language models (says why)", add_export_arguments, run_export),
-         "eval": Verb("perplexity or zero-shot accuracy of the SDLLM model next to its full-precision base, with "
-                      "firing rate, events and energy per token", add_eval_arguments, run_eval)}
+VERBS = {"eval": Verb("perplexity or zero-shot accuracy of the SDLLM model next to its full-precision base, with "
+                      "firing rate, events and energy per token", add_eval_arguments, run_eval),
+         "export": Verb("not available for language models (says why)", add_export_arguments, run_export)}
 PROFILING = Profiling(example_input, add_arguments=add_base_argument,
                       load_options=lambda args: {"base": args.base} if args.base else {},
                       note="random token ids (zoo eval NAME --data TEXT measures firing on real text)")
