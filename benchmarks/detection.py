@@ -17,6 +17,21 @@ the same weights and the same input (batch 1, 640x640 by default):
 * ``bf16-fast``: the fast path under bf16 autocast (counts 0..D are exact in
   bf16). Run only where the CPU has bf16 arithmetic (AVX512-BF16 or AMX);
   elsewhere one 3x3 convolution is timed in both precisions to show why not.
+* ``auto``: the fast path with each convolution on the arithmetic timed fastest
+  for its input shape among those the CPU and the layer allow: fp32 direct,
+  Winograd, bf16 on spike-count inputs (``zoo.arith.use_auto``); the one-off
+  tuning time is reported as its compile time, the per-layer choices and
+  their reasons in the JSON (``--layers`` prints them);
+* ``onnxruntime``: the graph ``zoo export`` writes (the reference network,
+  neurons as round/clip, decoded head), run by onnxruntime's CPU provider with
+  all its graph optimisations (it folds BN into the convolutions itself) and
+  as many threads as torch uses; its one-off export time and its difference
+  from the reference are reported. Skipped, with a line, where onnx or
+  onnxruntime is not installed (``pip install -e '.[export]'``).
+
+The CPU's capabilities (``torch.backends.cpu.get_cpu_capability()`` and the
+``/proc/cpuinfo`` flags that matter: AVX2, AVX-512, BF16, VNNI, AMX) are
+printed above the ratios (:mod:`zoo.arith`).
 
 Then the demo model's mAP@50 on a generated held-out set, reference vs fast.
 Times are medians of ``--repeats`` forwards after one warm-up; only ratios are
@@ -37,7 +52,13 @@ from zoo.plugin import Verb
 
 from . import progress
 
-PATHS = ("reference", "fp32-fast", "fp32-winograd", "fp32-compiled", "bf16-fast")
+PATHS = ("reference", "fp32-fast", "fp32-winograd", "fp32-compiled", "bf16-fast", "auto", "onnxruntime")
+
+
+def has_onnxruntime() -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxruntime"))
 
 
 def cpu_has_bf16() -> bool:
@@ -72,6 +93,41 @@ def _model(name: str, weights: str | None, seed: int = 0):
     return firing_statistics(model) if weights is None else model
 
 
+def onnxruntime_worker(name: str, weights: str | None, imgsz: int, repeats: int) -> dict:
+    """The ``onnxruntime`` path: export the reference model (``zoo export``'s graph), time onnxruntime on it."""
+    import os
+    import resource
+    import tempfile
+
+    import onnxruntime as ort
+    import torch
+
+    from tasks.detection.export import export_onnx
+
+    model = _model(name, weights)
+    x = torch.rand(1, 3, imgsz, imgsz, generator=torch.Generator().manual_seed(1))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.onnx")
+        t = time.perf_counter()
+        res = export_onnx(model, model.card, (1, 3, imgsz, imgsz), path, strict=False)
+        export_s = time.perf_counter() - t
+        del model
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    feed = {"images": x.numpy()}
+    session.run(None, feed)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        session.run(None, feed)
+        times.append(time.perf_counter() - t)
+    return {"path": "onnxruntime", "ms": statistics.median(times) * 1e3, "compile_s": export_s,
+            "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "onnx_max_rel": res.max_rel, "rounding_floor": res.rounding_floor, "onnxruntime_version": ort.__version__}
+
+
 def worker(path: str, name: str, weights: str | None, imgsz: int, repeats: int) -> dict:
     """Time one path in this process; returns ms per forward and peak RSS."""
     import resource
@@ -80,6 +136,8 @@ def worker(path: str, name: str, weights: str | None, imgsz: int, repeats: int) 
 
     from zoo.fuse import optimize_for_inference
 
+    if path == "onnxruntime":
+        return onnxruntime_worker(name, weights, imgsz, repeats)
     model = _model(name, weights)
     x = torch.rand(1, 3, imgsz, imgsz, generator=torch.Generator().manual_seed(1))
     compile_s = None
@@ -90,12 +148,16 @@ def worker(path: str, name: str, weights: str | None, imgsz: int, repeats: int) 
         x = x.contiguous(memory_format=torch.channels_last)
     if path == "fp32-compiled":
         model = torch.compile(model)
+    if path == "auto":
+        from zoo.arith import use_auto
+
+        use_auto(model)
     bf16 = path == "bf16-fast"
     times = []
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         t = time.perf_counter()
         model(x)
-        if path == "fp32-compiled":
+        if path in ("fp32-compiled", "auto"):
             compile_s = time.perf_counter() - t
         for _ in range(repeats):
             t = time.perf_counter()
@@ -103,6 +165,10 @@ def worker(path: str, name: str, weights: str | None, imgsz: int, repeats: int) 
             times.append(time.perf_counter() - t)
     out = {"path": path, "ms": statistics.median(times) * 1e3, "compile_s": compile_s,
            "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if path == "auto":
+        from zoo.arith import report
+
+        out["layers"] = report(model)
     if path == "fp32-winograd":
         from zoo.winograd import switches
 
@@ -155,15 +221,25 @@ def demo_map(n_val: int = 200) -> dict:
         got = evaluate(fast, val, imgsz=128, energy=False)
         got_wino = evaluate(wino, val, imgsz=128, energy=False)
         spike = evaluate(zoo.load("spikeyolo-tiny-shapes", mode="spike"), val, imgsz=128, energy=False)
+        from zoo.arith import report, use_auto
+
+        auto = optimize_for_inference(model, torch.rand(1, 3, 128, 128))
+        use_auto(auto)
+        got_auto = evaluate(auto, val, imgsz=128, energy=False)
+        used = sorted({r["arith"] for r in report(auto)})
     return {"images": n_val, "reference_map50": ref.map50, "fast_map50": got.map50, "winograd_map50": got_wino.map50,
-            "spike_map50": spike.map50}
+            "spike_map50": spike.map50, "auto_map50": got_auto.map50, "auto_arithmetics": used}
 
 
 def run(name: str = "spikeyolo-coco", weights: str | None = None, imgsz: int = 640, repeats: int = 5,
-        with_map: bool = True) -> dict:
+        with_map: bool = True, paths=PATHS) -> dict:
+    from zoo.arith import cpu_capabilities
+
     results = {}
     bf16 = cpu_has_bf16()
-    todo = [p for p in PATHS if p != "bf16-fast" or bf16]
+    ort = has_onnxruntime()
+    paths = ["reference", *(p for p in paths if p != "reference")]  # the ratios' denominator always runs
+    todo = [p for p in PATHS if p in paths and (p != "bf16-fast" or bf16) and (p != "onnxruntime" or ort)]
     for i, path in enumerate(todo, 1):
         progress(f"[{i}/{len(todo)}] timing path {path} ({name}, {imgsz}x{imgsz}, {repeats} forwards, own process)")
         cmd = [sys.executable, "-c",
@@ -176,11 +252,14 @@ def run(name: str = "spikeyolo-coco", weights: str | None = None, imgsz: int = 6
     ref = results["reference"]["ms"]
     for r in results.values():
         r["speedup"] = ref / r["ms"]
-    report = {"model": name, "imgsz": imgsz, "repeats": repeats, "cpu_bf16": bf16, "paths": results}
-    if not bf16:
+    report = {"model": name, "imgsz": imgsz, "repeats": repeats, "cpu": cpu_capabilities(), "cpu_bf16": bf16,
+              "paths": results}
+    if not ort and "onnxruntime" in paths:
+        report["onnxruntime_skipped"] = "onnx / onnxruntime not installed: pip install -e '.[export]'"
+    if not bf16 and "bf16-fast" in paths:
         report["bf16_probe_ms"] = conv_precision_probe()
     if with_map:
-        progress("demo model mAP@50 on 200 generated held-out images: reference, fast, Winograd, spike-driven")
+        progress("demo model mAP@50 on 200 generated held-out images: reference, fast, Winograd, spike-driven, auto")
         report["demo_map"] = demo_map()
     return report
 
@@ -191,23 +270,48 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--imgsz", type=int, default=640, metavar="N", help="input size (default 640)")
     parser.add_argument("--repeats", type=int, default=5, metavar="N", help="timed forwards per path (default 5)")
     parser.add_argument("--no-map", action="store_true", help="skip the demo model's mAP check")
+    parser.add_argument("--layers", action="store_true", help="print the auto path's per-layer choices")
+    parser.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS), metavar="PATH",
+                        help=f"paths to time (default all: {' '.join(PATHS)}); reference always runs")
 
 
 def run_bench(args) -> None:
-    report = run(args.model, args.weights, args.imgsz, args.repeats, with_map=not args.no_map)
+    report = run(args.model, args.weights, args.imgsz, args.repeats, with_map=not args.no_map, paths=args.paths)
     if args.json:
         print(json.dumps(report, indent=2))
         return
+    from collections import Counter
+
+    from zoo.arith import describe
     from zoo.table import text
 
+    def note(r):
+        if "winograd_layers" in r:
+            return f"Winograd in {r['winograd_layers'][0]} of {r['winograd_layers'][1]} 3x3 layers"
+        if "layers" in r:
+            n = Counter(row["arith"] for row in r["layers"])
+            return "per conv and shape: " + ", ".join(f"{a} {n[a]}" for a in sorted(n)) + f" of {sum(n.values())}"
+        if "onnx_max_rel" in r:
+            floor = r.get("rounding_floor")
+            return (f"onnxruntime {r['onnxruntime_version']}; compile = zoo export; output vs reference "
+                    f"{r['onnx_max_rel']:.2g} of its range"
+                    + ("" if floor is None else f" (reference with BN folded: {floor:.2g}, rounding-boundary flips)"))
+        return ""
+
     rows = [{"path": p, "speedup": f"{r['speedup']:.2f}x", "peak memory": f"{r['peak_mb']:.0f} MB",
-             "compile": "-" if r.get("compile_s") is None else f"{r['compile_s']:.0f} s once",
-             "note": (f"Winograd in {r['winograd_layers'][0]} of {r['winograd_layers'][1]} 3x3 layers"
-                      if "winograd_layers" in r else "")}
+             "compile": "-" if r.get("compile_s") is None else f"{r['compile_s']:.0f} s once", "note": note(r)}
             for p, r in report["paths"].items()]
+    print(describe(report["cpu"]))
     print(f"{report['model']}, batch 1, {report['imgsz']}x{report['imgsz']}, median of {report['repeats']} "
           "forwards, each path in its own process (speedup = reference time / path time)")
     print(text(rows, ["path", "speedup", "peak memory", "compile", "note"]))
+    if args.layers and "auto" in report["paths"]:
+        print("\nauto: the arithmetic of each convolution (per input shape) and why")
+        print(text([{"layer": r["layer"], "input": "x".join(map(str, r["shape"])), "arith": r["arith"],
+                     "ms": " ".join(f"{a} {t:.3g}" for a, t in r["ms"].items()) or "-", "why": r["why"]}
+                    for r in report["paths"]["auto"]["layers"]], ["layer", "input", "arith", "ms", "why"]))
+    if "onnxruntime_skipped" in report:
+        print(f"onnxruntime: not run ({report['onnxruntime_skipped']})")
     if "bf16_probe_ms" in report:
         p = report["bf16_probe_ms"]
         print(f"bf16-fast: not run, this CPU has no bf16 arithmetic (AVX512-BF16/AMX); one 3x3 conv takes "
@@ -218,7 +322,8 @@ def run_bench(args) -> None:
               f"{d['reference_map50'] * 100:.2f}, fp32-fast {d['fast_map50'] * 100:.2f} "
               f"(change {abs(d['fast_map50'] - d['reference_map50']) * 100:.2f} points), all-Winograd "
               f"{d['winograd_map50'] * 100:.2f} (change {abs(d['winograd_map50'] - d['reference_map50']) * 100:.2f} points), spike-driven "
-              f"{d['spike_map50'] * 100:.2f}")
+              f"{d['spike_map50'] * 100:.2f}, auto ({'/'.join(d['auto_arithmetics'])}) {d['auto_map50'] * 100:.2f} "
+              f"(change {abs(d['auto_map50'] - d['reference_map50']) * 100:.2f} points)")
 
 
 VERB = Verb("SpikeYOLO inference paths side by side (reference = the official computation), as speed ratios",

@@ -204,6 +204,7 @@ _VERB_HELP = {
     "eval": "evaluate a model on a data set",
     "train": "train a model",
     "bench": "run a task's benchmark suite (speed as ratios)",
+    "export": "write a model to a file another runtime reads (ONNX)",
 }
 
 

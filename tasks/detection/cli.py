@@ -3,6 +3,7 @@
     zoo predict spikeyolo-coco photo.jpg photos/ --out runs/ [--conf 0.25 --iou 0.7 --imgsz 640]
     zoo eval spikeyolo-coco --data coco/ [--imgsz 640 --batch 1 --max-images N --save-json dets.json]
     zoo train spikeyolo-tiny-shapes --data shapes/ [--epochs --batch --out runs/train --resume]
+    zoo export spikeyolo-tiny-shapes --format onnx [--mode integer|spike --input-size 1 3 128 128 --out FILE]
 
 Each verb has its own parser (the zoo resolves the model's task first), so every option here is a
 detection option. This module imports no torch: the work is imported inside each command.
@@ -181,6 +182,46 @@ def run_train(args) -> None:
               f"weights in {args.out}/best.safetensors")
 
 
+def add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--format", choices=("onnx",), default="onnx", help="file format (default onnx)")
+    parser.add_argument("--input-size", type=int, nargs="+", default=None, metavar="N",
+                        help="the fixed input shape of the graph, e.g. 1 3 640 640 (default: the card's)")
+    parser.add_argument("--out", default=None, metavar="PATH", help="output file (default NAME.onnx)")
+    parser.add_argument("--weights", default=None, metavar="PATH", help=_RELEASED)
+    parser.add_argument("--mode", choices=("integer", "spike"), default="integer",
+                        help="integer counts (default) or the spike-driven event form")
+    parser.add_argument("--opset", type=int, default=17, metavar="N", help="ONNX opset (default 17)")
+
+
+def run_export(args) -> None:
+    from zoo import registry
+
+    from .export import export_onnx, require_onnx
+
+    require_onnx()  # before loading anything: say how to install it
+    card = registry.info(args.target)
+    shape = tuple(args.input_size) if args.input_size else tuple(card.input_size)
+    if len(shape) not in (4, 5) or min(shape) <= 0:
+        raise ZooError(f"--input-size: expected a positive shape B 3 H W (or B T 3 H W), got {list(shape)}")
+    args.device = "cpu"
+    model = _load_model(args)
+    res = export_onnx(model, card, shape, args.out or f"{args.target}.onnx", opset=args.opset)
+    if args.json:
+        print(json.dumps({"name": args.target, **res.to_dict()}, indent=2))
+        return
+    print(f"{args.target} ({res.mode} mode, input {res.input_shape}, opset {res.opset}) -> {res.path}")
+    line = (f"onnxruntime vs torch on a random test input: max difference {res.max_abs:.3g} "
+            f"({res.max_rel:.3g} of the output range; tolerance {res.tolerance:g})")
+    if res.mode == "spike":
+        line += f"; vs integer mode {res.integer_max_abs:.3g} ({res.integer_max_rel:.3g})"
+    print(line)
+    if res.rounding_floor is not None:
+        print(f"over {res.tolerance:g}: counts on a rounding boundary flip with last-bit changes; the torch model "
+              f"itself moves by {res.rounding_floor:.3g} of the range with BN folded, so this is that effect, "
+              "not an export error")
+    print("output y [B, 4 + nc, anchors] (xywh in input pixels, class scores); NMS is not in the graph")
+
+
 def example_input(model, card, size, generator):
     """``zoo profile``: a random image batch of ``size`` (default: the card's input size)."""
     import torch
@@ -194,5 +235,7 @@ VERBS = {
     "eval": Verb("COCO mAP@50 and mAP@50:95 (pycocotools) on a data set, with firing rate and energy",
                  add_eval_arguments, run_eval),
     "train": Verb("train with the official SpikeYOLO recipe (torchrun for data parallel)", add_train_arguments, run_train),
+    "export": Verb("write an ONNX model (neurons as round/clip, decoded head, card metadata), checked with onnxruntime",
+                   add_export_arguments, run_export),
 }
 PROFILING = Profiling(example_input)

@@ -8,7 +8,8 @@ HellaSwag, WinoGrande, told apart by their fields, or ``--lm-task``); any
 other file is a raw text corpus scored by perplexity. Prints the metric, the
 firing rate, events and energy per token of the SDLLM model, and the same for
 the full-precision base (``--no-base`` skips it). The parser is this task's own: an option of another
-task is an error. This module imports no torch.
+task is an error. ``zoo export`` is refused with the reason (:data:`EXPORT_REFUSAL`). This module imports no
+torch.
 """
 
 from __future__ import annotations
@@ -118,8 +119,28 @@ def example_input(model, card, size, generator):
     return (), {"input_ids": torch.randint(0, vocab, size, generator=generator)}
 
 
+EXPORT_REFUSAL = (
+    "zoo export is not available for language models: they generate token by token with a KV cache "
+    "(tasks.language.decode), which one fixed-shape ONNX graph does not capture, and the SDLLM models' 7B/8B weights "
+    "exceed ONNX's 2 GB single-file limit; export the base model with Hugging Face optimum (optimum-cli export onnx)"
+)
+
+
+def add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    """The detection task's export options, so that the line reaches the refusal instead of an option error."""
+    parser.add_argument("--format", choices=("onnx",), default="onnx")
+    parser.add_argument("--mode", choices=("integer", "spike"), default="integer")
+    parser.add_argument("--input-size", type=int, nargs="+", default=None, metavar="N")
+    parser.add_argument("--out", default=None, metavar="PATH")
+
+
+def run_export(args) -> None:
+    raise ZooError(EXPORT_REFUSAL)
+
+
 VERBS = {"eval": Verb("perplexity or zero-shot accuracy of the SDLLM model next to its full-precision base, with "
-                      "firing rate, events and energy per token", add_eval_arguments, run_eval)}
+                      "firing rate, events and energy per token", add_eval_arguments, run_eval),
+         "export": Verb("not available for language models (says why)", add_export_arguments, run_export)}
 PROFILING = Profiling(example_input, add_arguments=add_base_argument,
                       load_options=lambda args: {"base": args.base} if args.base else {},
                       note="random token ids (zoo eval NAME --data TEXT measures firing on real text)")
