@@ -164,15 +164,15 @@ def run_train(args) -> None:
     cfg = _recipe(args)
     train_set, val_set = load_dataset(args.data, split="train"), load_dataset(args.data, split="val")
     names = getattr(train_set, "names", None)
-    options = {"nc": len(names)} if names else {}
-    model = zoo.load(args.target, pretrained=False, weights=args.weights, device=options.device(args.device), **options)
+    device = options.device(args.device)
+    model = zoo.load(args.target, pretrained=False, weights=args.weights, device=device,
+                     **({"nc": len(names)} if names else {}))
 
     def validate(ema_model):
         res = evaluate(ema_model, val_set, imgsz=cfg.imgsz, batch_size=min(cfg.batch, 16), energy=False)
         return {"map50": res.map50, "map50_95": res.map50_95}
 
-    metrics = train(model, train_set, val_set, cfg=cfg, out=args.out, resume=resume, device=options.device(args.device),
-                    evaluate=validate)
+    metrics = train(model, train_set, val_set, cfg=cfg, out=args.out, resume=resume, device=device, evaluate=validate)
     for data in (train_set, val_set):
         if data.box_summary():
             print(data.box_summary())
