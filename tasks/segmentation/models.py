@@ -110,3 +110,27 @@ def _builder(defaults: dict):
 
 for _name, (_card, _options) in CARDS.items():
     register(_name, **_COMMON, **_card)(_builder(_options))
+
+
+# --------------------------------------------------------------------------- the zoo's demo model
+
+_TINY = dict(embed_dims=(16, 32, 64, 96), block3_depth=1, block4_depth=1, num_classes=7, num_queries=16,
+             feat_channels=64, encoder_layers=1, encoder_ffn=128, dcn_group=8, decoder_layers=3, decoder_heads=4,
+             decoder_ffn=128)
+
+
+def _register_tiny() -> None:
+    from .synthetic import CLASSES as SHAPES_CLASSES
+
+    register(
+        "spike2former-tiny-shapes", **{**_COMMON, "license": "Apache-2.0 (weights trained here)", "converters": {}},
+        params=778_529, weights=None, T=1, D=8, classes=SHAPES_CLASSES, input_size=(1, 3, 128, 128),
+        input=_INPUT.format(test="trained on 128x128 crops; test resize: shortest edge 128"),
+        metrics=[],
+        notes="The zoo's demo segmentation model: a small Spike2Former (backbone widths 16/32/64/96, one block in "
+              "stages 3 and 4, 64-channel pixel decoder with one DCN encoder layer, 16 queries, 3 decoder layers) "
+              "for the synthetic shapes set (tasks.segmentation.synthetic). " + _OUTPUT.format(k=7, k1=8),
+    )(_builder(_TINY))
+
+
+_register_tiny()
