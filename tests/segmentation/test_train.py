@@ -141,3 +141,12 @@ def test_labels_outside_the_model_classes_are_an_error(shapes, tmp_path):
     with pytest.raises(ZooError, match="outside the model's 3 classes"):
         train(build_spike2former(**{**_SMALL, "num_classes": 3}), ds, cfg=TrainConfig(iters=1, batch=6, crop=64),
               out=tmp_path, log=lambda s: None, progress=False)
+
+
+def test_demo_card_matches_its_architecture_and_data():
+    from tasks.segmentation.synthetic import CLASSES
+
+    card = zoo.info("spike2former-tiny-shapes")
+    model = zoo.load("spike2former-tiny-shapes", pretrained=False)
+    assert card.classes == CLASSES and model.cfg.num_classes == len(CLASSES)
+    assert sum(p.numel() for p in model.parameters()) == card.params
