@@ -24,20 +24,17 @@
 from __future__ import annotations
 
 import math
-import os
 import random
-import time
 from copy import deepcopy
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
+from zoo import trainer
 from zoo.errors import ZooError
 
 from .loss import DetectionLoss
@@ -233,31 +230,18 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, accumulate: int) -> torc
 
 
 def _atomic_save(obj, path: Path) -> None:
-    from zoo.fileio import atomic_write
-
-    atomic_write(path, lambda f: torch.save(obj, f))
+    trainer.save_checkpoint(obj, path)
 
 
 def _read_resume(path) -> dict:
     """A ``last.pt`` of :func:`train`, read safely; a missing, truncated or foreign file is one ZooError line."""
-    from zoo.checkpoint import read
-    from zoo.errors import WeightsError
-
-    try:
-        ck = read(path)
-    except WeightsError as e:
-        raise ZooError(f"cannot resume: {e}") from None
-    need = ("model", "ema", "updates", "optimizer", "epoch")
-    if not isinstance(ck, dict) or any(k not in ck for k in need) or not isinstance(ck["epoch"], int):
-        raise ZooError(f"--resume {path} is not a last.pt of `zoo train` (it needs {', '.join(need)})")
-    return ck
+    return trainer.read_checkpoint(path, ("model", "ema", "updates", "optimizer", "epoch"))
 
 
 # ----------------------------------------------------------------------------- loop
 
 
-def _unwrap(model):
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+_unwrap = trainer.unwrap
 
 
 def train(model: nn.Module, train_set, val_set=None, cfg: TrainConfig | None = None, out: str | Path = "runs/train",
@@ -270,15 +254,8 @@ def train(model: nn.Module, train_set, val_set=None, cfg: TrainConfig | None = N
     """
     cfg = cfg or TrainConfig()
     out = Path(out)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    if world > 1 and not dist.is_initialized():
-        backend = "nccl" if str(device).startswith("cuda") else "gloo"
-        dist.init_process_group(backend)
-        if backend == "nccl":
-            device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-            torch.cuda.set_device(device)
-    main = rank == 0
+    procs = trainer.setup_processes(device)
+    world, rank, device, main = procs.world, procs.rank, procs.device, procs.main
     if main:
         out.mkdir(parents=True, exist_ok=True)
     if len(train_set) == 0:
@@ -291,21 +268,15 @@ def train(model: nn.Module, train_set, val_set=None, cfg: TrainConfig | None = N
     optimizer = build_optimizer(model, cfg, accumulate)
     lf = lambda e: (1 - e / cfg.epochs) * (1.0 - cfg.lrf) + cfg.lrf  # noqa: E731
     ema = ModelEMA(model)
-    start_epoch, best, metrics = 0, -1.0, {}
+    start_epoch, best, metrics = 0, trainer.Best(out / "best.safetensors", -1.0), {}
     if resume:
         ck = _read_resume(resume)
-        try:
-            model.load_state_dict(ck["model"])
-            ema.ema.load_state_dict(ck["ema"])
-            optimizer.load_state_dict(ck["optimizer"])
-        except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as e:
-            raise ZooError(f"--resume {resume} does not fit this model ({str(e).splitlines()[0][:160]})") from None
+        trainer.load_states(resume, [(ck["model"], model), (ck["ema"], ema.ema), (ck["optimizer"], optimizer)])
         ema.updates = ck["updates"]
-        start_epoch, best = ck["epoch"] + 1, ck.get("best_fitness", -1.0)
+        start_epoch, best.value = ck["epoch"] + 1, ck.get("best_fitness", -1.0)
         if main:
             log(f"resumed from {resume} at epoch {start_epoch}")
-    if world > 1:
-        model = nn.parallel.DistributedDataParallel(model)
+    model = trainer.wrap(model, procs)
     transform = TrainTransform(train_set, cfg, seed=cfg.seed + rank)
     data = _Augmented(transform)
     sampler = torch.utils.data.DistributedSampler(data, shuffle=True, seed=cfg.seed) if world > 1 else None
@@ -315,7 +286,7 @@ def train(model: nn.Module, train_set, val_set=None, cfg: TrainConfig | None = N
     nw = max(round(cfg.warmup_epochs * nb), cfg.min_warmup_iters)
     amp = str(device).startswith("cuda")
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
-    t0 = time.time()
+    limit = trainer.TimeLimit(cfg.time_limit)
     last_step = -1
     for epoch in range(start_epoch, cfg.epochs):
         _unwrap(model).train()
@@ -324,8 +295,7 @@ def train(model: nn.Module, train_set, val_set=None, cfg: TrainConfig | None = N
         transform.mosaic_on = epoch < cfg.epochs - cfg.close_mosaic
         running = torch.zeros(3)
         optimizer.zero_grad()
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
-                   disable=not (main and progress))
+        bar = trainer.progress(loader, f"epoch {epoch + 1}/{cfg.epochs}", main and progress)
         for i, (imgs, targets) in enumerate(bar):
             ni = i + nb * epoch
             if ni <= nw:  # warmup
@@ -352,23 +322,18 @@ def train(model: nn.Module, train_set, val_set=None, cfg: TrainConfig | None = N
             g["lr"] = cfg.lr0 * lf(epoch + 1)
         if main:
             metrics = {"epoch": epoch, "box": float(running[0] / nb), "cls": float(running[1] / nb),
-                       "dfl": float(running[2] / nb), "time_s": round(time.time() - t0, 1)}
+                       "dfl": float(running[2] / nb), "time_s": round(limit.elapsed(), 1)}
             if evaluate is not None:
                 metrics.update(evaluate(ema.ema))
             fitness = metrics.get("map50", -metrics["box"] - metrics["cls"] - metrics["dfl"])
-            if fitness > best:
-                best = fitness
-                from zoo.checkpoint import save_safetensors
-
-                save_safetensors(ema.ema.state_dict(), out / "best.safetensors")
+            best.update(fitness, ema.ema.state_dict())
             _atomic_save({"epoch": epoch, "model": _unwrap(model).state_dict(), "ema": ema.ema.state_dict(),
-                          "updates": ema.updates, "optimizer": optimizer.state_dict(), "best_fitness": best,
+                          "updates": ema.updates, "optimizer": optimizer.state_dict(), "best_fitness": best.value,
                           "train_args": asdict(cfg)}, out / "last.pt")
             log(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()))
-        if cfg.time_limit and time.time() - t0 > cfg.time_limit:
+        if limit.reached():
             if main:
                 log(f"time limit {cfg.time_limit:.0f} s reached after epoch {epoch}")
             break
-    if world > 1:
-        dist.barrier()
+    trainer.barrier(procs)
     return metrics

@@ -1,6 +1,7 @@
-"""The segmentation verbs: ``zoo predict``, ``zoo eval`` and what ``zoo profile`` feeds a Spike2Former.
+"""The segmentation verbs: ``zoo predict``, ``zoo eval``, ``zoo train`` and what ``zoo profile`` feeds a Spike2Former.
 
     zoo predict spike2former-ade20k photo.jpg photos/ --out runs/ [--mode spike --weights PATH]
+    zoo train spike2former-tiny-shapes --data shapes/ [--iters --batch --crop --out runs/train --resume]
     zoo eval spike2former-ade20k --data ADEChallengeData2016/ [--split val --max-images N]
 
 Both run the official test pipeline of the model (:mod:`tasks.segmentation.pipeline`; ``--scale`` and
@@ -154,11 +155,67 @@ def example_input(model, card, size, generator):
     return (torch.randn(size, generator=generator),), {}
 
 
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, metavar="PATH",
+                        help="data set folder with train and val splits (ADE20K, Cityscapes, VOC2012 layouts)")
+    parser.add_argument("--iters", type=int, default=None, metavar="N", help="iterations (default 160000, the official recipe)")
+    parser.add_argument("--batch", type=int, default=None, metavar="N", help="batch size per process (default 6)")
+    parser.add_argument("--crop", type=int, default=None, metavar="N", help="training crop in pixels (default 512)")
+    parser.add_argument("--out", default="runs/train", metavar="DIR",
+                        help="run folder: last.pt (resumable) and best.safetensors (default runs/train)")
+    parser.add_argument("--resume", nargs="?", const="", default=None, metavar="PATH",
+                        help="continue a run: its last.pt, or its run folder (no value: the --out folder's last.pt)")
+    parser.add_argument("--time-limit", type=float, default=None, metavar="S",
+                        help="validate, save and stop at the first iteration past S seconds")
+    parser.add_argument("--workers", type=int, default=None, metavar="N", help="data loader processes (default 0)")
+    parser.add_argument("--set", nargs="*", default=None, metavar="KEY=VALUE",
+                        help="other recipe values, e.g. lr=2e-3 warmup_iters=100 val_interval=500")
+    parser.add_argument("--weights", default=None, metavar="PATH", help="initial weights (default: random initialisation)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+
+
+def _train_recipe(args):
+    from zoo import options
+
+    from .train import TrainConfig
+
+    for key in ("iters", "batch", "crop"):
+        value = getattr(args, key)
+        if value is not None and value <= 0:
+            raise ZooError(f"--{key} must be positive, got {value}")
+    cfg = TrainConfig()
+    for key in ("iters", "crop"):  # this task counts iterations, not epochs
+        if getattr(args, key) is not None:
+            setattr(cfg, key, getattr(args, key))
+    args.epochs = None
+    return options.recipe(cfg, args)
+
+
+def run_train(args) -> None:
+    import zoo
+    from zoo import options
+
+    from .data import load_dataset
+    from .train import train
+
+    resume = options.resume_path(args.resume, args.out)
+    cfg = _train_recipe(args)
+    device = options.device(args.device)
+    train_set, val_set = load_dataset(args.data, split="train"), load_dataset(args.data, split="val")
+    model = zoo.load(args.target, pretrained=False, weights=args.weights, device=device)
+    metrics = train(model, train_set, val_set, cfg=cfg, out=args.out, resume=resume, device=device)
+    if metrics:
+        print(json.dumps(metrics) if args.json else
+              f"done: iteration {metrics['iter']}, mIoU {metrics.get('mIoU', float('nan')) * 100:.2f}; "
+              f"weights in {args.out}/best.safetensors")
+
+
 VERBS: dict = {
     "predict": Verb("segment images: label PNGs, colour overlays with a legend, class areas (JSON) and energy",
                     add_predict_arguments, run_predict),
     "eval": Verb("mIoU, mAcc and aAcc (mmseg IoUMetric) on ADE20K, Cityscapes or VOC 2012, with firing rate and energy",
                  add_eval_arguments, run_eval),
+    "train": Verb("train with the official Spike2Former recipe (torchrun for data parallel)", add_train_arguments, run_train),
 }
 PROFILING = Profiling(example_input, note="a random normalised image (a real photo fires differently); energy counts "
                                           "the first conv as MACs, every layer and product fed by spikes as ACs")
