@@ -43,7 +43,7 @@ import torch.nn.functional as F
 
 from .errors import ZooError
 
-__all__ = ["IMAGE_SUFFIXES", "PAD_VALUE", "load_image", "load_mask", "image_tensor", "to_pil", "file_error",
+__all__ = ["IMAGE_SUFFIXES", "PAD_VALUE", "load_image", "load_mask", "image_tensor", "as_images", "to_pil", "file_error",
            "letterbox", "letterbox_geometry", "image_files", "find_images", "model_device_dtype", "profile_first_sample"]
 
 # Image file suffixes the zoo reads (lower case): ultralytics' IMG_FORMATS plus the other formats
@@ -308,3 +308,22 @@ def profile_first_sample(model: torch.nn.Module, source, imgsz: int | tuple[int,
         x = letterbox(x, imgsz, stride, auto=auto)[0]
     device, dtype = model_device_dtype(model)
     return profile(model, x.to(device=device, dtype=dtype), preset=preset)
+
+
+def as_images(images) -> list[torch.Tensor]:
+    """``images`` as a list of ``[3, H, W]`` tensors: a tensor ``[3, H, W]`` or batch ``[B, 3, H, W]``,
+    a PIL image, or a list of those."""
+    if isinstance(images, torch.Tensor):
+        images = [images] if images.dim() == 3 else list(images) if images.dim() == 4 else [images]
+    elif not isinstance(images, (list, tuple)):
+        images = [images]
+    out = []
+    for k, im in enumerate(images):
+        if not isinstance(im, torch.Tensor):
+            if not hasattr(im, "mode") or not hasattr(im, "convert"):
+                raise ZooError(f"image {k}: expected a tensor [3, H, W] or a PIL image, got {type(im).__name__}")
+            im = image_tensor(im)
+        if im.dim() != 3 or im.shape[0] != 3 or min(im.shape[1:]) == 0:
+            raise ZooError(f"image {k}: expected an RGB tensor [3, H, W] (or a batch [B, 3, H, W]), got {tuple(im.shape)}")
+        out.append(im)
+    return out

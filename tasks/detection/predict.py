@@ -25,7 +25,7 @@ from typing import Sequence
 import torch
 
 from zoo.errors import ZooError
-from zoo.vision import find_images, image_tensor, letterbox, load_image, model_device_dtype, profile_first_sample, to_pil
+from zoo.vision import as_images, find_images, letterbox, load_image, model_device_dtype, profile_first_sample, to_pil
 
 from .postprocess import class_names, model_output, non_max_suppression, scale_boxes
 
@@ -75,25 +75,6 @@ def _check_options(conf: float, iou: float, imgsz: int) -> None:
         raise ZooError(f"--conf and --iou must be in [0, 1], got {conf} and {iou}")
 
 
-def _as_images(images) -> list[torch.Tensor]:
-    """``images`` as a list of ``[3, H, W]`` tensors: a tensor ``[3, H, W]`` or batch ``[B, 3, H, W]``,
-    a PIL image, or a list of those."""
-    if isinstance(images, torch.Tensor):
-        images = [images] if images.dim() == 3 else list(images) if images.dim() == 4 else [images]
-    elif not isinstance(images, (list, tuple)):
-        images = [images]
-    out = []
-    for k, im in enumerate(images):
-        if not isinstance(im, torch.Tensor):
-            if not hasattr(im, "mode") or not hasattr(im, "convert"):
-                raise ZooError(f"image {k}: expected a tensor [3, H, W] or a PIL image, got {type(im).__name__}")
-            im = image_tensor(im)
-        if im.dim() != 3 or im.shape[0] != 3:
-            raise ZooError(f"image {k}: expected an RGB tensor [3, H, W] (or a batch [B, 3, H, W]), got {tuple(im.shape)}")
-        out.append(im)
-    return out
-
-
 @torch.no_grad()
 def detect(
     model: torch.nn.Module,
@@ -120,7 +101,7 @@ def detect(
     device, dtype = model_device_dtype(model)
     names = names if names is not None else getattr(model, "names", None)
     out = []
-    for image in _as_images(images):
+    for image in as_images(images):
         h, w = image.shape[-2:]
         x, ratio, pad = letterbox(image, imgsz, stride, auto=True)
         functional.reset_net(model)

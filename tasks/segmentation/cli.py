@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from zoo import options
 from zoo.errors import ZooError
 from zoo.plugin import Profiling, Verb
 
@@ -47,20 +48,6 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
 
 
-def _device(name: str | None) -> str:
-    import torch
-
-    if name is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise ZooError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ZooError(f"device {name!r} asked for but CUDA is not available; use --device cpu")
-    return name
-
-
 def load_model(args):
     import zoo
     from zoo import registry
@@ -68,7 +55,7 @@ def load_model(args):
     if args.weights is None and registry.info(args.target).weights is None:
         raise ZooError(f"{args.target} has no released weights; pass --weights PATH")
     return zoo.load(args.target, pretrained=args.weights is None, weights=args.weights, mode=args.mode,
-                    device=_device(args.device))
+                    device=options.device(args.device))
 
 
 def pipeline(args, model):
@@ -175,8 +162,6 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _train_recipe(args):
-    from zoo import options
-
     from .train import TrainConfig
 
     for key in ("iters", "batch", "crop"):
@@ -193,7 +178,6 @@ def _train_recipe(args):
 
 def run_train(args) -> None:
     import zoo
-    from zoo import options
 
     from .data import load_dataset
     from .train import train

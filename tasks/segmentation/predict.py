@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from zoo.errors import ZooError
-from zoo.vision import find_images, image_tensor, load_image, model_device_dtype, to_pil
+from zoo.vision import as_images, find_images, load_image, model_device_dtype, to_pil
 
 from .pipeline import TestPipeline, pipeline_for, postprocess, preprocess
 
@@ -49,23 +49,6 @@ def palette(n: int) -> np.ndarray:
     return out
 
 
-def _as_images(images) -> list[torch.Tensor]:
-    if isinstance(images, torch.Tensor):
-        images = [images] if images.dim() == 3 else list(images) if images.dim() == 4 else [images]
-    elif not isinstance(images, (list, tuple)):
-        images = [images]
-    out = []
-    for k, im in enumerate(images):
-        if not isinstance(im, torch.Tensor):
-            if not hasattr(im, "mode") or not hasattr(im, "convert"):
-                raise ZooError(f"image {k}: expected a tensor [3, H, W] or a PIL image, got {type(im).__name__}")
-            im = image_tensor(im)
-        if im.dim() != 3 or im.shape[0] != 3 or min(im.shape[1:]) == 0:
-            raise ZooError(f"image {k}: expected an RGB tensor [3, H, W] (or a batch [B, 3, H, W]), got {tuple(im.shape)}")
-        out.append(im)
-    return out
-
-
 @torch.no_grad()
 def segment(model: torch.nn.Module, images, pipeline: TestPipeline | None = None,
             return_logits: bool = False) -> list[dict]:
@@ -82,7 +65,7 @@ def segment(model: torch.nn.Module, images, pipeline: TestPipeline | None = None
     model.eval()
     device, dtype = model_device_dtype(model)
     out = []
-    for image in _as_images(images):
+    for image in as_images(images):
         x, resized = preprocess(image, pipeline)
         functional.reset_net(model)
         logits = postprocess(model(x.to(device=device, dtype=dtype))[0].float().cpu(), resized,
