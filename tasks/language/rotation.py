@@ -78,19 +78,12 @@ def apply_hadamard(x: torch.Tensor) -> torch.Tensor:
     return (x.float().reshape(*x.shape[:-1], n // b, b) @ H).reshape(x.shape).to(x.dtype)
 
 
-class HadamardLinear(nn.Module):
-    r"""``y = linear(x H)``: an online block Hadamard on the input (``linear.weight`` holds :math:`W H`).
-
-    :math:`H` is symmetric and orthogonal, so with the folded weight the product equals the original
-    :math:`x W^\top`. SDLLM converts it into an :class:`~tasks.language.sdllm.SDLinear` with
-    ``hadamard=True`` (its encoder sees the rotated input)."""
-
-    def __init__(self, linear: nn.Module):
-        super().__init__()
-        self.linear = linear
+class LinearView:
+    """Mixin: ``weight`` / ``bias`` / ``in_features`` / ``out_features`` of the wrapped ``self.linear``, so code
+    that inspects a replaced ``nn.Linear`` keeps working."""
 
     @property
-    def weight(self):
+    def weight(self) -> torch.Tensor:
         return self.linear.weight
 
     @property
@@ -104,6 +97,18 @@ class HadamardLinear(nn.Module):
     @property
     def out_features(self) -> int:
         return self.linear.out_features
+
+
+class HadamardLinear(LinearView, nn.Module):
+    r"""``y = linear(x H)``: an online block Hadamard on the input (``linear.weight`` holds :math:`W H`).
+
+    :math:`H` is symmetric and orthogonal, so with the folded weight the product equals the original
+    :math:`x W^\top`. SDLLM converts it into an :class:`~tasks.language.sdllm.SDLinear` with
+    ``hadamard=True`` (its encoder sees the rotated input)."""
+
+    def __init__(self, linear: nn.Module):
+        super().__init__()
+        self.linear = linear
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear(apply_hadamard(x))

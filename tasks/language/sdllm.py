@@ -80,6 +80,8 @@ import neurons
 from neurons.synapse import expand_events
 from zoo.errors import ZooError
 
+from .rotation import LinearView
+
 __all__ = ["SDLLMConfig", "SDLinear", "convert", "quantize_weight", "dequantize_weight", "find_targets",
            "replace_structure", "pack_state", "unpack_state", "GAMMA_RULES"]
 
@@ -463,7 +465,7 @@ class GroupQuantLinear(neurons.SpikeLinear):
         return y if self.bias is None else y + self.bias
 
 
-class SDLinear(nn.Module):
+class SDLinear(LinearView, nn.Module):
     r"""A spike-driven linear layer: :class:`SQPEncoder` + :class:`GroupQuantLinear`.
 
     .. math::
@@ -485,22 +487,6 @@ class SDLinear(nn.Module):
                                        group_size=group_size, device=device, dtype=dtype)
         self.w_bits = int(w_bits or 0)
         self.group_size = int(group_size)
-
-    @property
-    def weight(self) -> torch.Tensor:
-        return self.linear.weight
-
-    @property
-    def bias(self):
-        return self.linear.bias
-
-    @property
-    def in_features(self) -> int:
-        return self.linear.in_features
-
-    @property
-    def out_features(self) -> int:
-        return self.linear.out_features
 
     @property
     def D(self) -> int:
