@@ -50,7 +50,7 @@ import time
 from zoo.errors import ZooError
 from zoo.plugin import Verb
 
-from . import progress
+from . import firing_statistics, progress
 
 PATHS = ("reference", "fp32-fast", "fp32-winograd", "fp32-compiled", "bf16-fast", "auto", "onnxruntime")
 
@@ -67,20 +67,6 @@ def cpu_has_bf16() -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def firing_statistics(model):
-    """Random BN statistics that make a randomly initialised model's neurons fire as a trained model's do."""
-    import torch
-
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.2, 0.4)
-    return model
 
 
 def _model(name: str, weights: str | None, seed: int = 0):

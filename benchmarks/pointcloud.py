@@ -30,7 +30,7 @@ import time
 from zoo.errors import ZooError
 from zoo.plugin import Verb
 
-from . import progress
+from . import firing_statistics, progress
 
 
 def cloud(num_points: int = 10000):
@@ -57,20 +57,6 @@ def cloud(num_points: int = 10000):
     return prepare(xyz, None, num_points, y_up=False)[None], name
 
 
-def firing_statistics(model):
-    import torch
-
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm1d):
-                m.running_mean.uniform_(-0.5, 0.5, generator=g)
-                m.running_var.uniform_(0.5, 2.0, generator=g)
-                m.weight.uniform_(0.5, 1.5, generator=g)
-                m.bias.uniform_(-0.2, 0.6, generator=g)
-    return model
-
-
 def _peak_mb() -> float:
     import resource
 
@@ -94,7 +80,7 @@ def worker_forward(size: str, num_points: int, repeats: int) -> dict:
     from tasks.pointcloud.evaluate import sparse_energy
 
     torch.manual_seed(0)
-    model = firing_statistics(zoo.load(f"svl-e3dsnn-{size}-openshape", pretrained=False))
+    model = firing_statistics(zoo.load(f"svl-e3dsnn-{size}-openshape", pretrained=False), bias_max=0.6, seed=0)
     x, name = cloud(num_points)
     base = _peak_mb()
     with torch.no_grad():
