@@ -38,12 +38,14 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from dataclasses import dataclass, field
+
 import torch
 import torch.nn.functional as F
 
 from .errors import ZooError
 
-__all__ = ["IMAGE_SUFFIXES", "PAD_VALUE", "load_image", "load_mask", "image_tensor", "as_images", "to_pil", "file_error",
+__all__ = ["IMAGE_SUFFIXES", "PAD_VALUE", "load_image", "load_mask", "image_tensor", "as_images", "PredictionRun", "to_pil", "file_error",
            "letterbox", "letterbox_geometry", "image_files", "find_images", "model_device_dtype", "profile_first_sample"]
 
 # Image file suffixes the zoo reads (lower case): ultralytics' IMG_FORMATS plus the other formats
@@ -327,3 +329,40 @@ def as_images(images) -> list[torch.Tensor]:
             raise ZooError(f"image {k}: expected an RGB tensor [3, H, W] (or a batch [B, 3, H, W]), got {tuple(im.shape)}")
         out.append(im)
     return out
+
+
+@dataclass
+class PredictionRun:
+    """What a task's ``predict`` over files did: per-image records (as in its JSON), the JSON path, the files it
+    could not read (``{"file", "error"}``), the first image's profile and the seconds spent in the in-memory
+    model call (``timed`` says what that covers; reading, drawing and writing files are not included)."""
+
+    images: list[dict] = field(default_factory=list)
+    json_path: Path | None = None
+    profile: object | None = None  # zoo.profiling.Profile of the first image
+    skipped: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    timed = "model"  # what `seconds` covers, for the report
+
+    @property
+    def fps(self) -> float | None:
+        """Images per second through the timed part (None before any image)."""
+        return len(self.images) / self.seconds if self.images and self.seconds > 0 else None
+
+    def to_dict(self) -> dict:
+        d = {"images": self.images, "json": str(self.json_path) if self.json_path else None,
+             "skipped": self.skipped, "seconds": self.seconds, "fps": self.fps}
+        if self.profile is not None:
+            d["energy"] = self.profile.summary()
+        return d
+
+    def report(self) -> list[str]:
+        """Lines for a person: the files skipped and the speed."""
+        lines = [f"skipped {s['error']}" for s in self.skipped]
+        if self.skipped:
+            lines.append(f"{len(self.skipped)} of {len(self.skipped) + len(self.images)} file(s) could not be read "
+                         "and were skipped")
+        if self.fps is not None:
+            lines.append(f"{len(self.images)} image(s) in {self.seconds:.2f} s: {self.fps:.1f} frames/s "
+                         f"({self.timed}; reading and writing files not included)")
+        return lines

@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
 from zoo.errors import ZooError
-from zoo.vision import as_images, find_images, letterbox, load_image, model_device_dtype, profile_first_sample, to_pil
+from zoo.vision import PredictionRun, as_images, find_images, letterbox, load_image, model_device_dtype, profile_first_sample, to_pil
 
 from .postprocess import class_names, model_output, non_max_suppression, scale_boxes
 
@@ -120,39 +119,10 @@ def _records(d: dict) -> list[dict]:
             for b, s, c, n in zip(d["boxes"], d["scores"], d["labels"], d["names"])]
 
 
-@dataclass
-class Prediction:
-    """What :func:`predict` did: per-image records (as in the JSON), its path, the files it could not
-    read, the first image's profile, and the detection time."""
+class Prediction(PredictionRun):
+    """What :func:`predict` did (:class:`zoo.vision.PredictionRun`); ``seconds`` is the time in :func:`detect`."""
 
-    images: list[dict] = field(default_factory=list)
-    json_path: Path | None = None
-    profile: object | None = None  # zoo.profiling.Profile of the first image
-    skipped: list[dict] = field(default_factory=list)  # {"file", "error"} per unreadable file
-    seconds: float = 0.0  # spent in detect(): letterbox, model, NMS (not reading, drawing or writing)
-
-    @property
-    def fps(self) -> float | None:
-        """Images per second through :func:`detect` (None before any image)."""
-        return len(self.images) / self.seconds if self.images and self.seconds > 0 else None
-
-    def to_dict(self) -> dict:
-        d = {"images": self.images, "json": str(self.json_path) if self.json_path else None,
-             "skipped": self.skipped, "seconds": self.seconds, "fps": self.fps}
-        if self.profile is not None:
-            d["energy"] = self.profile.summary()
-        return d
-
-    def report(self) -> list[str]:
-        """Lines for a person: the files skipped and the speed."""
-        lines = [f"skipped {s['error']}" for s in self.skipped]
-        if self.skipped:
-            lines.append(f"{len(self.skipped)} of {len(self.skipped) + len(self.images)} file(s) could not be read "
-                         "and were skipped")
-        if self.fps is not None:
-            lines.append(f"{len(self.images)} image(s) in {self.seconds:.2f} s: {self.fps:.1f} frames/s "
-                         "(letterbox, model, NMS; reading and writing files not included)")
-        return lines
+    timed = "letterbox, model, NMS"
 
 
 def _output_name(src: Path, used: set[str]) -> str:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -28,7 +27,7 @@ import numpy as np
 import torch
 
 from zoo.errors import ZooError
-from zoo.vision import as_images, find_images, load_image, model_device_dtype, to_pil
+from zoo.vision import PredictionRun, as_images, find_images, load_image, model_device_dtype, to_pil
 
 from .pipeline import TestPipeline, pipeline_for, postprocess, preprocess
 
@@ -134,33 +133,10 @@ def save_label(label: torch.Tensor, path: Path, colours: np.ndarray) -> None:
     im.save(path)
 
 
-@dataclass
-class Segmentation:
-    """What :func:`predict` did: per-image records (as in the JSON), the JSON path, the files it could not read,
-    the first image's profile and the time spent in :func:`segment`."""
+class Segmentation(PredictionRun):
+    """What :func:`predict` did (:class:`zoo.vision.PredictionRun`); ``seconds`` is the time in :func:`segment`."""
 
-    images: list[dict] = field(default_factory=list)
-    json_path: Path | None = None
-    profile: object | None = None
-    skipped: list[dict] = field(default_factory=list)
-    seconds: float = 0.0
-
-    def to_dict(self) -> dict:
-        d = {"images": self.images, "json": str(self.json_path) if self.json_path else None, "skipped": self.skipped,
-             "seconds": self.seconds}
-        if self.profile is not None:
-            d["energy"] = self.profile.summary()
-        return d
-
-    def report(self) -> list[str]:
-        lines = [f"skipped {s['error']}" for s in self.skipped]
-        if self.skipped:
-            lines.append(f"{len(self.skipped)} of {len(self.skipped) + len(self.images)} file(s) could not be read "
-                         "and were skipped")
-        if self.images and self.seconds > 0:
-            lines.append(f"{len(self.images)} image(s) in {self.seconds:.2f} s (pipeline and model; reading and "
-                         "writing files not included)")
-        return lines
+    timed = "pipeline and model"
 
 
 def _stem(src: Path, used: set[str]) -> str:
