@@ -27,7 +27,7 @@ from torch import nn
 from .errors import WeightsError, ZooError
 
 __all__ = ["Processes", "setup_processes", "wrap", "unwrap", "save_checkpoint", "read_checkpoint", "load_states",
-           "barrier", "any_process", "progress", "TimeLimit", "Best"]
+           "barrier", "any_process", "progress", "TimeLimit", "Best", "Augmented"]
 
 
 @dataclass(frozen=True)
@@ -142,3 +142,16 @@ class Best:
             save_safetensors(state, self.path)
             return True
         return False
+
+
+class Augmented(torch.utils.data.Dataset):
+    """A data set whose items are ``transform(i)`` (a task's training transform that reads ``transform.dataset``)."""
+
+    def __init__(self, transform):
+        self.t = transform
+
+    def __len__(self):
+        return len(self.t.dataset)
+
+    def __getitem__(self, i):
+        return self.t(i)

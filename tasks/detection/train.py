@@ -174,17 +174,6 @@ class TrainTransform:
         return img, {"boxes": boxes, "labels": labels}
 
 
-class _Augmented(torch.utils.data.Dataset):
-    def __init__(self, transform: TrainTransform):
-        self.t = transform
-
-    def __len__(self):
-        return len(self.t.dataset)
-
-    def __getitem__(self, i):
-        return self.t(i)
-
-
 def _collate(batch):
     return torch.stack([b[0] for b in batch]), [b[1] for b in batch]
 
@@ -278,7 +267,7 @@ def train(model: nn.Module, train_set, val_set=None, cfg: TrainConfig | None = N
             log(f"resumed from {resume} at epoch {start_epoch}")
     model = trainer.wrap(model, procs)
     transform = TrainTransform(train_set, cfg, seed=cfg.seed + rank)
-    data = _Augmented(transform)
+    data = trainer.Augmented(transform)
     sampler = torch.utils.data.DistributedSampler(data, shuffle=True, seed=cfg.seed) if world > 1 else None
     loader = torch.utils.data.DataLoader(data, batch_size=cfg.batch, shuffle=sampler is None, sampler=sampler,
                                          num_workers=cfg.workers, collate_fn=_collate, drop_last=False)

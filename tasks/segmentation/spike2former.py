@@ -473,20 +473,12 @@ class DCNv3(nn.Module):
         return self.output_proj(out.reshape(t, b, h, w, c))
 
 
-class EncoderMLP(nn.Module):
-    """The pixel encoder's channel MLP (official ``mmcv_spike.transformer.MS_MLP``), channels-last in and out.
+class EncoderMLP(MS_MLP):
+    """The pixel encoder's channel MLP (official ``mmcv_spike.transformer.MS_MLP``): the backbone's layers,
+    channels-last in and out.
 
     Official quirk: the ``[T*B, C, H*W]`` output is reshaped (not permuted) to ``[T, B, H, W, C]``.
     """
-
-    def __init__(self, dim: int, hidden: int, neuron: Neuron):
-        super().__init__()
-        self.fc1_spike = neuron()
-        self.fc1_conv = neurons.SpikeConv1d(dim, hidden, 1, source=self.fc1_spike)
-        self.fc1_bn = nn.BatchNorm1d(hidden)
-        self.fc2_spike = neuron()
-        self.fc2_conv = neurons.SpikeConv1d(hidden, dim, 1, source=self.fc2_spike)
-        self.fc2_bn = nn.BatchNorm1d(dim)
 
     def forward(self, x):
         shape = x.shape

@@ -144,17 +144,6 @@ class TrainTransform:
         return img, label
 
 
-class _Augmented(torch.utils.data.Dataset):
-    def __init__(self, transform: TrainTransform):
-        self.t = transform
-
-    def __len__(self):
-        return len(self.t.dataset)
-
-    def __getitem__(self, i):
-        return self.t(i)
-
-
 # ----------------------------------------------------------------------------- optimisation
 
 
@@ -242,7 +231,7 @@ def train(model: nn.Module, train_set, val_set=None, cfg: TrainConfig | None = N
         if procs.main:
             log(f"resumed from {resume} at iteration {start}")
     ddp = trainer.wrap(model, procs)
-    data = _Augmented(TrainTransform(train_set, cfg, seed=cfg.seed + procs.rank + 7919 * start))
+    data = trainer.Augmented(TrainTransform(train_set, cfg, seed=cfg.seed + procs.rank + 7919 * start))
     sampler = torch.utils.data.DistributedSampler(data, shuffle=True, seed=cfg.seed) if procs.world > 1 else None
     loader = torch.utils.data.DataLoader(data, batch_size=cfg.batch, shuffle=sampler is None, sampler=sampler,
                                          num_workers=cfg.workers, drop_last=len(data) >= cfg.batch * procs.world)
