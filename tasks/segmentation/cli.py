@@ -187,7 +187,8 @@ def run_train(args) -> None:
     device = options.device(args.device)
     train_set, val_set = load_dataset(args.data, split="train"), load_dataset(args.data, split="val")
     model = zoo.load(args.target, pretrained=False, weights=args.weights, device=device)
-    metrics = train(model, train_set, val_set, cfg=cfg, out=args.out, resume=resume, device=device)
+    metrics = train(model, train_set, val_set, cfg=cfg, out=args.out, resume=resume, device=device,
+                    from_scratch=args.weights is None)
     if metrics:
         print(json.dumps(metrics) if args.json else
               f"done: iteration {metrics['iter']}, mIoU {metrics.get('mIoU', float('nan')) * 100:.2f}; "

@@ -116,7 +116,7 @@ for _name, (_card, _options) in CARDS.items():
 
 _TINY = dict(embed_dims=(16, 32, 64, 96), block3_depth=1, block4_depth=1, num_classes=7, num_queries=16,
              feat_channels=64, encoder_layers=1, encoder_ffn=128, dcn_group=8, decoder_layers=3, decoder_heads=4,
-             decoder_ffn=128)
+             decoder_ffn=128, attention_gain=True)
 _SHAPES_DATA = "python -m tasks.segmentation.synthetic shapes --train 2000 --val 200 --seed 0"
 _SHAPES_TRAIN = ("OMP_NUM_THREADS=1 zoo train spike2former-tiny-shapes --data shapes --iters 900 --batch 4 --crop 128 "
                  "--time-limit 1080 --set lr=0.01 backbone_lr_mult=1 warmup_iters=30 val_interval=450 "

@@ -118,6 +118,7 @@ class Spike2FormerConfig:
     decoder_heads: int = 8
     decoder_ffn: int = 2048
     alpha: int = 4  # MaskFormerHead.alpha / MLP quant_const
+    attention_gain: bool = False  # not in the official code: a per-attention gain buffer (see AttentionGain)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -132,6 +133,27 @@ def scaled_levels(neuron: nn.Module, factor: float) -> neurons.Levels:
     """The Levels of ``factor * neuron(x)`` (the head's ``alpha * spike``)."""
     lv = neuron.levels
     return neurons.Levels(D=lv.D, signed=lv.signed, scale=lv.scale * factor)
+
+
+class AttentionGain(nn.Module):
+    """A fixed factor on a softmax-free attention's product, before its neuron (the zoo's demo models only).
+
+    Not in the official code (``Spike2FormerConfig.attention_gain=False`` leaves it out, and with it the
+    ``gain`` buffer, so official state dicts load as they are). The official ``q (k^T v) / sqrt(d)`` sums over
+    every token; on the small images a CPU can train on, that sum is too small for the attention neuron to
+    fire (measured at 128x128 on random weights: 99 % of its inputs below 0.15, the threshold is 0.5), which
+    leaves the attention silent and the BatchNorm after it normalising a constant. The gain is one scalar per
+    attention, set from data before training from scratch (:func:`tasks.segmentation.train.calibrate_firing`)
+    and saved with the weights; at inference it is one more multiply of the product's result, as the
+    ``1 / sqrt(d)`` already is, so spike-driven mode is unchanged.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("gain", torch.ones(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gain
 
 
 def sine_positional_encoding(batch: int, h: int, w: int, num_feats: int, device, temperature: float = 10000.0,
@@ -297,12 +319,13 @@ class MS_Attention_RepConv_qkv_id(nn.Module):
     q, k, v are RepConv + BN of the spiking input; the result is spiked and projected by RepConv + BN.
     """
 
-    def __init__(self, dim: int, num_heads: int, neuron: Neuron):
+    def __init__(self, dim: int, num_heads: int, neuron: Neuron, gain: bool = False):
         super().__init__()
         if dim % num_heads:
             raise ZooError(f"attention width {dim} is not divisible by {num_heads} heads")
         self.num_heads = num_heads
         self.scale = (dim // num_heads) ** -0.5
+        self.gain = AttentionGain() if gain else nn.Identity()
         self.head_spike = neuron()
         self.q_conv = nn.Sequential(RepConv(dim, dim, self.head_spike), nn.BatchNorm2d(dim))
         self.k_conv = nn.Sequential(RepConv(dim, dim, self.head_spike), nn.BatchNorm2d(dim))
@@ -326,7 +349,7 @@ class MS_Attention_RepConv_qkv_id(nn.Module):
         q = self._heads(self.q_spike(per_step(self.q_conv, x)))
         k = self._heads(self.k_spike(per_step(self.k_conv, x)))
         v = self._heads(self.v_spike(per_step(self.v_conv, x)))
-        x = self.q_kv(q, self.kv(k.transpose(-2, -1), v)) * self.scale  # [T, B, heads, N, C / heads]
+        x = self.gain(self.q_kv(q, self.kv(k.transpose(-2, -1), v)) * self.scale)  # [T, B, heads, N, C / heads]
         x = self.attn_spike(x.transpose(3, 4).reshape(t, b, c, h, w))
         return per_step(self.proj_conv, x)
 
@@ -334,9 +357,9 @@ class MS_Attention_RepConv_qkv_id(nn.Module):
 class MS_Block(nn.Module):
     """``x + attention(x)``, then ``x + MS_MLP(x)``."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: int, neuron: Neuron):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: int, neuron: Neuron, gain: bool = False):
         super().__init__()
-        self.attn = MS_Attention_RepConv_qkv_id(dim, num_heads, neuron)
+        self.attn = MS_Attention_RepConv_qkv_id(dim, num_heads, neuron, gain)
         self.mlp = MS_MLP(dim, int(dim * mlp_ratio), neuron)
 
     def forward(self, x):
@@ -381,9 +404,9 @@ class SpikingMetaFormer(nn.Module):
         self.ConvBlock2_1 = nn.ModuleList([MS_ConvBlock(d1, r, neuron)])
         self.ConvBlock2_2 = nn.ModuleList([MS_ConvBlock(d1, r, neuron)])
         self.downsample3 = MS_DownSampling(d1, d2, 3, 2, 1, False, neuron)
-        self.block3 = nn.ModuleList([MS_Block(d2, cfg.num_heads, r, neuron) for _ in range(cfg.block3_depth)])
+        self.block3 = nn.ModuleList([MS_Block(d2, cfg.num_heads, r, neuron, cfg.attention_gain) for _ in range(cfg.block3_depth)])
         self.downsample4 = MS_DownSampling(d2, d3, 3, 1, 1, False, neuron)
-        self.block4 = nn.ModuleList([MS_Block(d3, cfg.num_heads, r, neuron) for _ in range(cfg.block4_depth)])
+        self.block4 = nn.ModuleList([MS_Block(d3, cfg.num_heads, r, neuron, cfg.attention_gain) for _ in range(cfg.block4_depth)])
 
     @staticmethod
     def _stage(x: torch.Tensor, down: nn.Module, *blocks: nn.Module) -> torch.Tensor:
@@ -579,12 +602,13 @@ class SpikeMultiHeadAttention(nn.Module):
     softmax); ``out = scores v``, heads concatenated -> spike -> Conv1d + BN1d. Inputs ``[T, B, N, C]``.
     """
 
-    def __init__(self, dim: int, num_heads: int, neuron: Neuron):
+    def __init__(self, dim: int, num_heads: int, neuron: Neuron, gain: bool = False):
         super().__init__()
         if dim % num_heads:
             raise ZooError(f"decoder width {dim} is not divisible by {num_heads} heads")
         self.num_heads = num_heads
         self.embed_dim = dim
+        self.gain = AttentionGain() if gain else nn.Identity()
         for name in ("q", "k", "v"):
             spike = neuron()
             setattr(self, f"{name}_conv_spike", spike)
@@ -621,16 +645,16 @@ class SpikeMultiHeadAttention(nn.Module):
         else:
             scores = self.qk(q, k.transpose(3, 4)) / (self.embed_dim ** 0.5)
             out = self.scores_v(scores, v)
-        out = out.transpose(2, 3).reshape(t, b, nq, c)
+        out = self.gain(out).transpose(2, 3).reshape(t, b, nq, c)
         return self._project(self.out_conv, self.attn_spike(out))
 
 
 class MultiheadAttention(nn.Module):
     """Adds the positional encodings (query_pos to the query, key_pos to the key; none to the value)."""
 
-    def __init__(self, dim: int, num_heads: int, neuron: Neuron):
+    def __init__(self, dim: int, num_heads: int, neuron: Neuron, gain: bool = False):
         super().__init__()
-        self.attn = SpikeMultiHeadAttention(dim, num_heads, neuron)
+        self.attn = SpikeMultiHeadAttention(dim, num_heads, neuron, gain)
 
     def forward(self, query, key, value, query_pos, key_pos):
         return self.attn(query + query_pos, key + key_pos, value)
@@ -663,10 +687,10 @@ class MSDA_FFN(nn.Module):
 class DetrTransformerDecoderLayer(nn.Module):
     """Cross-attention -> self-attention -> FFN, each residual; no LayerNorm."""
 
-    def __init__(self, dim: int, num_heads: int, ffn: int, neuron: Neuron):
+    def __init__(self, dim: int, num_heads: int, ffn: int, neuron: Neuron, gain: bool = False):
         super().__init__()
-        self.self_attn = MultiheadAttention(dim, num_heads, neuron)
-        self.cross_attn = MultiheadAttention(dim, num_heads, neuron)
+        self.self_attn = MultiheadAttention(dim, num_heads, neuron, gain)
+        self.cross_attn = MultiheadAttention(dim, num_heads, neuron, gain)
         self.ffn = MSDA_FFN(dim, ffn, neuron)
 
     def forward(self, query, key, query_pos, key_pos):
@@ -679,7 +703,7 @@ class DetrTransformerDecoder(nn.Module):
     def __init__(self, cfg: Spike2FormerConfig, neuron: Neuron):
         super().__init__()
         self.layers = nn.ModuleList([
-            DetrTransformerDecoderLayer(cfg.feat_channels, cfg.decoder_heads, cfg.decoder_ffn, neuron)
+            DetrTransformerDecoderLayer(cfg.feat_channels, cfg.decoder_heads, cfg.decoder_ffn, neuron, cfg.attention_gain)
             for _ in range(cfg.decoder_layers)
         ])
 

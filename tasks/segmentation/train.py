@@ -63,6 +63,7 @@ class TrainConfig:
     mask_weight: float = 20.0
     dice_weight: float = 1.0
     no_object_weight: float = 0.1
+    semantic_weight: float = 0.0  # not official: cross-entropy on the predicted semantic map (MaskFormerLoss.semantic_loss)
     workers: int = 0
     seed: int = 0
     time_limit: float = 0.0  # seconds; 0 = none. Validates, saves and stops at the first iteration past it.
@@ -70,7 +71,7 @@ class TrainConfig:
     def loss_weights(self) -> LossWeights:
         return LossWeights(cls=self.cls_weight, mask=self.mask_weight, dice=self.dice_weight,
                            no_object=self.no_object_weight, cls_cost=self.cls_weight, mask_cost=self.mask_weight,
-                           dice_cost=self.dice_weight)
+                           dice_cost=self.dice_weight, semantic=self.semantic_weight)
 
 
 def normalise(img: torch.Tensor) -> torch.Tensor:
@@ -168,6 +169,74 @@ def lr_factor(it: int, cfg: TrainConfig) -> float:
     return max(1 - (it - cfg.warmup_iters) / span, 0.0) ** cfg.poly_power
 
 
+# ----------------------------------------------------------------------------- start from random weights
+
+
+def _start_scales(model: nn.Module) -> list[tuple[str, nn.Module, str]]:
+    """The layers a random start leaves at the wrong scale, with what to scale them to: those that feed a neuron
+    with no BatchNorm between (``"fire"``: every attention's gain, on ``attention_gain=True`` models, and the mask
+    MLP's two no-bias linears), and the pixel decoder's ``mask_feature`` conv (``"unit"``: real-valued, read
+    by the mask product; from random weights its output varies by ~0.04 over the image, so every mask is flat)."""
+    from .spike2former import MLP, AttentionGain, DCNTransformerEncoderPixelDecoder
+
+    found = [(n, m, "fire") for n, m in model.named_modules() if isinstance(m, AttentionGain)]
+    for n, m in model.named_modules():
+        if isinstance(m, MLP):
+            found += [(f"{n}.fc1", m.fc1, "fire"), (f"{n}.fc2", m.fc2, "fire")]
+        if isinstance(m, DCNTransformerEncoderPixelDecoder):
+            found.append((f"{n}.mask_feature", m.mask_feature, "unit"))
+    return found
+
+
+@torch.no_grad()
+def calibrate_firing(model: nn.Module, images: torch.Tensor, fire: float = 0.3, log=None) -> dict[str, float]:
+    """A data-dependent initialisation (as LSUV, Mishkin and Matas 2016) for training from scratch: scale the
+    layers of :func:`_start_scales` on ``images`` so that a fraction ``fire`` of a ``"fire"`` layer's outputs
+    reach its neuron's first level (0.5), about what a BatchNorm-fed neuron fires at from random weights
+    (measured: 27-39 %), and a ``"unit"`` layer's output has standard deviation 1. One forward per layer in
+    execution order, BatchNorm on batch statistics as in training; an attention's gain buffer, a layer's
+    weight and bias. Returns the factors applied."""
+    from .spike2former import AttentionGain
+
+    layers = _start_scales(model)
+    if not layers:
+        return {}
+    was_training = model.training
+    model.train()
+    order, seen = [], {}
+    hooks = [m.register_forward_hook(lambda mod, i, out, n=n: order.append(n) if n not in order else None)
+             for n, m, _ in layers]
+    model(images)
+    for h in hooks:
+        h.remove()
+    modules = {n: (m, kind) for n, m, kind in layers}
+    factors = {}
+    for name in order:
+        layer, kind = modules[name]
+        hook = layer.register_forward_hook(lambda mod, i, out: seen.__setitem__("out", out.detach().flatten()))
+        model(images)
+        hook.remove()
+        out = seen.pop("out").float()
+        if kind == "unit":
+            spread = float(out.std())
+            factor = 1.0 / spread if spread > 0 else 1.0
+        else:
+            sample = out[torch.randperm(out.numel(), generator=torch.Generator().manual_seed(0))[:200_000]]
+            level = float(torch.quantile(sample, 1 - fire))
+            factor = 0.5 / level if level > 0 else 1.0
+        if isinstance(layer, AttentionGain):
+            layer.gain.mul_(factor)
+        else:
+            layer.weight.mul_(factor)
+            if layer.bias is not None:
+                layer.bias.mul_(factor)
+        factors[name] = factor
+    model.train(was_training)
+    if log:
+        log("calibrated the start: " + ", ".join(f"{n} x{f:.3g}" for n, f in factors.items()))
+    return factors
+
+
 # ----------------------------------------------------------------------------- validation
 
 
@@ -204,8 +273,11 @@ def _batches(loader, sampler, start_epoch: int):
 
 
 def train(model: nn.Module, train_set, val_set=None, cfg: TrainConfig | None = None, out="runs/train", resume=None,
-          device: str = "cpu", num_classes: int | None = None, log=print, progress: bool = True) -> dict:
+          device: str = "cpu", num_classes: int | None = None, log=print, progress: bool = True,
+          from_scratch: bool = False) -> dict:
     """Train a Spike2Former on ``train_set`` (items ``(image [3,H,W] in [0,1], label [H,W], name)``).
+
+    ``from_scratch`` (random weights, not resumed): :func:`calibrate_firing` on the first batch first.
 
     Validates on ``val_set`` (mIoU) every ``cfg.val_interval`` iterations and at the end, on rank 0; the best
     mIoU selects ``best.safetensors``. Returns the last metrics.
@@ -230,14 +302,18 @@ def train(model: nn.Module, train_set, val_set=None, cfg: TrainConfig | None = N
         start, best.value = ck["iter"], float(ck.get("best_fitness", float("-inf")))
         if procs.main:
             log(f"resumed from {resume} at iteration {start}")
-    ddp = trainer.wrap(model, procs)
     data = trainer.Augmented(TrainTransform(train_set, cfg, seed=cfg.seed + procs.rank + 7919 * start))
+    if from_scratch and not resume:  # before wrap: data parallel starts every process from rank 0's weights
+        first = TrainTransform(train_set, cfg, seed=cfg.seed)
+        images = torch.stack([first(i)[0] for i in range(min(cfg.batch, len(train_set)))]).to(procs.device)
+        calibrate_firing(model, images, log=log if procs.main else None)
+    ddp = trainer.wrap(model, procs)
     sampler = torch.utils.data.DistributedSampler(data, shuffle=True, seed=cfg.seed) if procs.world > 1 else None
     loader = torch.utils.data.DataLoader(data, batch_size=cfg.batch, shuffle=sampler is None, sampler=sampler,
                                          num_workers=cfg.workers, drop_last=len(data) >= cfg.batch * procs.world)
     limit = trainer.TimeLimit(cfg.time_limit)
     batches = _batches(loader, sampler, start // max(len(loader), 1))
-    running, seen = torch.zeros(3), 0
+    running, seen = torch.zeros(4), 0
     bar = trainer.progress(range(start, cfg.iters), "iterations", procs.main and progress)
     for it in bar:
         for g in optimizer.param_groups:
@@ -255,7 +331,7 @@ def train(model: nn.Module, train_set, val_set=None, cfg: TrainConfig | None = N
         if cfg.clip_grad > 0:
             nn.utils.clip_grad_norm_(model.parameters(), max_norm=cfg.clip_grad)
         optimizer.step()
-        running += torch.tensor([items["cls"], items["mask"], items["dice"]])
+        running += torch.tensor([items["cls"], items["mask"], items["dice"], items["semantic"]])
         seen += 1
         if hasattr(bar, "set_postfix"):
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
@@ -265,7 +341,8 @@ def train(model: nn.Module, train_set, val_set=None, cfg: TrainConfig | None = N
             continue
         if procs.main:
             metrics = {"iter": it + 1, "loss_cls": float(running[0] / seen), "loss_mask": float(running[1] / seen),
-                       "loss_dice": float(running[2] / seen), "lr": optimizer.param_groups[0]["lr"],
+                       "loss_dice": float(running[2] / seen), **({"loss_semantic": float(running[3] / seen)}
+                                                                  if cfg.semantic_weight else {}), "lr": optimizer.param_groups[0]["lr"],
                        "time_s": round(limit.elapsed(), 1)}
             if val_set is not None:
                 metrics.update(evaluate(model, val_set, cfg.test_size or cfg.crop, num_classes, procs.device))
@@ -275,7 +352,7 @@ def train(model: nn.Module, train_set, val_set=None, cfg: TrainConfig | None = N
             trainer.save_checkpoint({"iter": it + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                      "best_fitness": best.value, "train_args": asdict(cfg)}, out / "last.pt")
             log(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()))
-        running, seen = torch.zeros(3), 0
+        running, seen = torch.zeros(4), 0
         if stop:
             if procs.main:
                 log(f"time limit {cfg.time_limit:.0f} s reached at iteration {it + 1}")

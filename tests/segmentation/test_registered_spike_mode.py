@@ -14,6 +14,9 @@ def test_spike_mode_equals_integer_mode(name):
     # float64: in fp32 a different order of summing events can move a value across a neuron's rounding edge
     # (a count), which then propagates; the two modes are the same arithmetic, so in float64 they agree
     model = firing_statistics(zoo.load(name, pretrained=False), bias_max=0.6).double()
+    for key, gain in model.state_dict().items():  # the demo model's attention gains, as calibration leaves them
+        if key.endswith(".gain"):
+            gain.fill_(float(torch.empty(()).uniform_(2, 40)))
     x = torch.randn(1, 3, 64, 64, dtype=torch.float64)
     eq = neurons.check_equivalence(model, x)
     assert eq.max_rel <= 1e-4, (name, eq)

@@ -150,3 +150,59 @@ def test_demo_card_matches_its_architecture_and_data():
     model = zoo.load("spike2former-tiny-shapes", pretrained=False)
     assert card.classes == CLASSES and model.cfg.num_classes == len(CLASSES)
     assert sum(p.numel() for p in model.parameters()) == card.params
+
+
+def _firing(model, imgs, names):
+    """Fraction of non-zero outputs of the named neurons on ``imgs``."""
+    rates, hooks = {}, []
+    for n, m in model.named_modules():
+        if n in names:
+            hooks.append(m.register_forward_hook(lambda mod, i, out, n=n: rates.__setitem__(n, float((out > 0).float().mean()))))
+    with torch.no_grad():
+        model(imgs)
+    for h in hooks:
+        h.remove()
+    return rates
+
+
+def test_calibrated_start_makes_the_silent_neurons_fire(shapes):
+    from tasks.segmentation.train import TrainTransform, calibrate_firing
+
+    torch.manual_seed(0)
+    model = build_spike2former(**_SMALL).train()  # the demo architecture: attention_gain=True
+    t = TrainTransform(load_dataset(shapes, split="train"), TrainConfig(crop=64, photometric=0, flip=0))
+    imgs = torch.stack([t(i)[0] for i in range(4)])
+    names = {n for n, _ in model.named_modules() if n.endswith("attn_spike") or n.startswith("decode_head.mask_embed.spike")}
+    before = _firing(model, imgs, names)
+    assert min(before.values()) < 0.02  # from random weights some of them are (nearly) silent
+    factors = calibrate_firing(model, imgs)
+    assert len(factors) == 2 + 2 * 2 + 2 + 1  # backbone block3 + block4, 2 decoder layers x (cross, self), fc1 + fc2,
+    # and the mask features, now of unit spread:
+    out = {}
+    hook = model.decode_head.pixel_decoder.mask_feature.register_forward_hook(lambda m, i, o: out.setdefault("x", o))
+    with torch.no_grad():
+        model(imgs)
+    hook.remove()
+    assert float(out["x"].std()) == pytest.approx(1.0, rel=0.05)
+    after = _firing(model, imgs, names)
+    assert all(0.15 < r < 0.5 for r in after.values()), after
+    # the gains are buffers saved with the weights; the official architecture has none
+    assert sum(k.endswith(".gain") for k in model.state_dict()) == 6
+    assert not any(k.endswith(".gain") for k in build_spike2former(**{**_SMALL, "attention_gain": False}).state_dict())
+
+
+def test_semantic_loss_is_the_cross_entropy_of_the_test_time_map():
+    g = torch.Generator().manual_seed(3)
+    cls, masks = torch.randn(2, 5, 4, generator=g), torch.randn(2, 5, 4, 4, generator=g)  # 3 classes + no object
+    labels = torch.randint(0, 3, (2, 8, 8), generator=g)
+    labels[0, :2] = 255
+    loss = MaskFormerLoss(3, LossWeights(semantic=1.0)).semantic_loss(cls, masks, labels)
+    total, n = 0.0, 0
+    for b, y, x in itertools.product(range(2), range(4), range(4)):
+        target = int(labels[b, 2 * y, 2 * x])  # nearest: the top-left pixel of each 2x2 cell
+        if target == 255:
+            continue
+        p = [sum(float(cls[b, q].softmax(-1)[c] * masks[b, q, y, x].sigmoid()) for q in range(5)) for c in range(3)]
+        total, n = total - torch.log(torch.tensor(p[target] / sum(p))).item(), n + 1
+    assert float(loss) == pytest.approx(total / n, rel=1e-5)
+    assert MaskFormerLoss(3)(cls[None], masks[None], labels)[1]["semantic"] == 0.0  # off in the official recipe
