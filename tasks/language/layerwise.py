@@ -434,13 +434,15 @@ def _site_order(model: nn.Module, block: nn.Module, sites: list[str], h: torch.T
 
 # ----------------------------------------------------------------------------------------------- memory
 
-def peak_estimate(cfg, samples: int, seq_len: int, calib_batch: int = 4, dtype_bytes: int = 4,
+def peak_estimate(cfg, samples: int, seq_len: int, calib_batch: int = 4, dtype_bytes: int = 4, rotate: bool = True,
                   gptq: bool = False) -> dict[str, int]:
     """Bytes of the largest parts alive at once while a Llama / Qwen2 config converts layer by layer (computed,
-    not measured): ``ends`` (embedding + lm_head + norms), ``hidden`` (calibration hidden states),
-    ``blocks`` (one block + its converted copy), ``activations`` (one batch through one block: q/k/v/o and the
-    four MLP-wide tensors), ``rotation`` (float64: the dense block-diagonal Hadamard of the MLP width and two
-    copies of ``down_proj``), ``gptq`` (float64 Hessians of one block), and ``total``."""
+    not measured): ``ends`` (embedding + lm_head + norms), ``start`` (``ends`` + the rotation of the embedding
+    and lm_head, float64), ``hidden`` (calibration hidden states), ``blocks`` (one block + its converted copy),
+    ``activations`` (one batch through one block: q/k/v/o and four MLP-wide tensors; attention by SDPA's flash
+    kernel, no L x L scores), ``rotation`` (float64: the dense block-diagonal Hadamard of the MLP width and two
+    copies of ``down_proj``), ``gptq`` (float64 Hessians of one block), and ``total``: the larger of ``start`` and
+    the block phase ``ends + hidden + blocks + max(activations, rotation) + gptq``."""
     h, f, v = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
     heads = cfg.num_attention_heads
     kv = getattr(cfg, "num_key_value_heads", None) or heads
@@ -452,9 +454,10 @@ def peak_estimate(cfg, samples: int, seq_len: int, calib_batch: int = 4, dtype_b
         "hidden": samples * seq_len * h * dtype_bytes,
         "blocks": 2 * block * dtype_bytes,
         "activations": tokens * (4 * h + 4 * f) * dtype_bytes,
-        "rotation": (f * f + 2 * h * f) * 8,
+        "rotation": (f * f + 2 * h * f) * 8 if rotate else 0,
         "gptq": (6 * h * h + f * f) * 8 if gptq else 0,
     }
-    parts["total"] = parts["ends"] + parts["hidden"] + parts["blocks"] + max(parts["activations"], parts["rotation"]) \
-        + parts["gptq"]
+    parts["start"] = parts["ends"] + (2 * v * h * 8 if rotate else 0)
+    steady = parts["ends"] + parts["hidden"] + parts["blocks"] + max(parts["activations"], parts["rotation"]) + parts["gptq"]
+    parts["total"] = max(parts["start"], steady)
     return parts
