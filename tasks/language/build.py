@@ -17,6 +17,8 @@
    sha256 and rebuilds the skeleton from the base's ``config.json`` (no base
    weights read, no calibration); a corrupt file is reported, deleted and
    rebuilt by converting again.
+4. A base larger than memory converts block by block (``layerwise``,
+   :mod:`tasks.language.layerwise`) into the same cache file, then loads from it.
 """
 
 from __future__ import annotations
@@ -182,8 +184,12 @@ def build_sdllm(name: str, hf_repo: str | None, base=None, *, D: int = 7, clip: 
     text file to draw ``calib_samples`` windows of ``calib_seq_len`` tokens from
     (WikiText-2 train, as SpikeLLM). Neither: random token ids (a fallback; pass
     real text for real accuracy). ``calib_device``: run the conversion there
-    (e.g. ``"cuda"``; the model stays there). Other keywords are
-    :class:`SDLLMConfig` fields.
+    (e.g. ``"cuda"``; the model stays there; layer by layer: each block's
+    calibration forward runs there). ``layerwise``: convert block by block
+    from the safetensors shards (:mod:`tasks.language.layerwise`; the same
+    converted model at the memory of a few blocks); ``None``: when the base's
+    weights in ``dtype`` exceed ``WHOLE_MODEL_FRACTION`` of the available
+    memory. Other keywords are :class:`SDLLMConfig` fields.
     """
     _require_transformers()
     if dtype not in _DTYPES:

@@ -200,15 +200,21 @@ def test_peak_memory_is_a_few_blocks_not_the_model(tmp_path):
           f"one block {block / 2**20:.1f} MiB, weights {weights / 2**20:.1f} MiB")
 
 
-def test_peak_estimate_of_llama2_7b():
+# the bases' config.json (hidden, MLP, heads, kv heads, vocab, layers) as published on the Hugging Face hub
+CONFIGS = {"sdllm-llama2-7b": (4096, 11008, 32, 32, 32000, 32), "sdllm-llama2-13b": (5120, 13824, 40, 40, 32000, 40),
+           "sdllm-llama3-8b": (4096, 14336, 32, 8, 128256, 32), "sdllm-qwen2.5-14b": (5120, 13824, 40, 8, 152064, 48)}
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_cards_state_the_computed_peak(name):
     from transformers import LlamaConfig
 
-    cfg = LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-                      num_key_value_heads=32, vocab_size=32000)
+    h, f, heads, kv, vocab, layers = CONFIGS[name]
+    cfg = LlamaConfig(hidden_size=h, intermediate_size=f, num_attention_heads=heads, num_key_value_heads=kv,
+                      vocab_size=vocab, num_hidden_layers=layers)
     est = lw.peak_estimate(cfg, samples=128, seq_len=2048)
-    block = 4 * 4096 * 4096 + 3 * 4096 * 11008 + 2 * 4096
-    assert est["blocks"] == 2 * block * 4 and est["hidden"] == 128 * 2048 * 4096 * 4
-    assert est["total"] < 6_738_415_616 * 4 / 2  # far below the 27 GB of fp32 weights
-    from tasks.language.models import _NOTES_7B
-
-    assert f"{est['total'] / 2**30:.1f} GiB" in _NOTES_7B
+    half = lw.peak_estimate(cfg, samples=128, seq_len=2048, dtype_bytes=2)
+    assert est["hidden"] == 128 * 2048 * h * 4 and est["total"] > half["total"]
+    assert est["total"] < zoo.info(name).params * 4 / 2  # far below the fp32 weights
+    notes = zoo.info(name).notes
+    assert f"peak memory {est['total'] / 2**30:.1f} GiB in float32, {half['total'] / 2**30:.1f} GiB" in notes
