@@ -301,7 +301,8 @@ def _build_layerwise(name, path_base, config, torch_dtype, key, cached, calibrat
                                                  calib_seq_len, config.seed)
     elif not isinstance(calibration, torch.Tensor):
         tokenizer = tok
-    target = cached if cached is not None else hub.cache_dir() / CACHE_SUBDIR / f".{name}-{key}-{os.getpid()}.safetensors"
+    scratch = hub.cache_dir() / CACHE_SUBDIR / f".{name}-{key}-{os.getpid()}.safetensors"  # cache=False: deleted after
+    target = cached if cached is not None else scratch
     info = convert_checkpoint(path_base, target, config, calibration, tokenizer=tokenizer, dtype=torch_dtype,
                               metadata={"model": name, "key": key}, device=calib_device)
     info = {"config": info["config"], "gammas": info["gammas"], "base": str(path_base), "key": key}

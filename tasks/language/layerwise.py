@@ -77,7 +77,8 @@ def checkpoint_files(base: Path) -> dict[str, Path] | None:
         try:
             weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
         except (ValueError, KeyError, TypeError):
-            raise ZooError(f"{index} is not a safetensors index (no weight_map); repair or re-download the base") from None
+            raise ZooError(f"{index} is not a safetensors index (no weight_map); "
+                           "repair or re-download the base") from None
         return {k: base / v for k, v in weight_map.items()}
     single = base / SAFE_SINGLE
     if single.is_file():
@@ -258,7 +259,8 @@ def _draw_states(rows: list[int], n_layers: int, order: list[tuple[str, int]], p
 # ----------------------------------------------------------------------------------------------- output
 
 class _StreamWriter:
-    """A safetensors file written tensor by tensor: data appended to a temporary file, header put in front at the end."""
+    """A safetensors file written tensor by tensor: data appended to a temporary file, the header put in front
+    at the end."""
 
     def __init__(self, folder: Path):
         folder.mkdir(parents=True, exist_ok=True)
@@ -458,6 +460,7 @@ def peak_estimate(cfg, samples: int, seq_len: int, calib_batch: int = 4, dtype_b
         "gptq": (6 * h * h + f * f) * 8 if gptq else 0,
     }
     parts["start"] = parts["ends"] + (2 * v * h * 8 if rotate else 0)
-    steady = parts["ends"] + parts["hidden"] + parts["blocks"] + max(parts["activations"], parts["rotation"]) + parts["gptq"]
+    steady = (parts["ends"] + parts["hidden"] + parts["blocks"] + max(parts["activations"], parts["rotation"])
+              + parts["gptq"])
     parts["total"] = max(parts["start"], steady)
     return parts

@@ -47,7 +47,8 @@ def _layerwise_note(name: str, params: int) -> str:
 def _card(name: str, hf_repo: str, params: int, metrics=()):
     return dict(task="language", paper=_PAPER, code="", license="base model's license (" + hf_repo + ")",
                 input=_INPUT, input_size=(1, 128), T=1, D=7, neuron=_NEURON, weights=None, builds_weights=True,
-                metrics=list(metrics), notes=f"Base: {hf_repo}. " + _NOTES + _layerwise_note(name, params), params=params)
+                metrics=list(metrics), notes=f"Base: {hf_repo}. " + _NOTES + _layerwise_note(name, params),
+                params=params)
 
 
 _LLAMA2_7B_METRICS = [

@@ -44,7 +44,8 @@ from torch import nn
 
 from zoo.errors import ZooError
 
-__all__ = ["rotate", "rotate_structure", "rotate_block", "rotate_ends", "rotation_matrices", "HadamardLinear", "hadamard", "block_size", "foldable"]
+__all__ = ["rotate", "rotate_structure", "rotate_block", "rotate_ends", "rotation_matrices", "HadamardLinear", "hadamard",
+           "block_size", "foldable"]
 
 _NORMS = ("LlamaRMSNorm", "Qwen2RMSNorm", "MistralRMSNorm")
 

@@ -19,7 +19,8 @@ from zoo.errors import ZooError
 from .conftest import tiny_bert, tiny_llama, tiny_qwen2
 
 ROOT = Path(__file__).resolve().parents[2]
-OPTS = dict(calib_samples=4, calib_seq_len=24, group_size=32, calib_batch=2, samples_per_layer=4096)  # 2 batches, draws in both
+# two calibration batches, the sampling draws in both
+OPTS = dict(calib_samples=4, calib_seq_len=24, group_size=32, calib_batch=2, samples_per_layer=4096)
 
 
 def _tied_llama():
