@@ -17,6 +17,8 @@
    sha256 and rebuilds the skeleton from the base's ``config.json`` (no base
    weights read, no calibration); a corrupt file is reported, deleted and
    rebuilt by converting again.
+4. A base larger than memory converts block by block (``layerwise``,
+   :mod:`tasks.language.layerwise`) into the same cache file, then loads from it.
 """
 
 from __future__ import annotations
@@ -101,7 +103,7 @@ def cache_key(name: str, base: Path, config: SDLLMConfig, calib: dict, dtype: st
 def load_base(base: Path, dtype: torch.dtype = torch.float32):
     """(model, tokenizer or None) from a local Hugging Face directory."""
     _require_transformers()
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
     cfg = AutoConfig.from_pretrained(base)
     try:
@@ -110,10 +112,7 @@ def load_base(base: Path, dtype: torch.dtype = torch.float32):
         model = AutoModel.from_pretrained(base, dtype=dtype)
     except OSError as e:
         raise ZooError(f"cannot read the base model in {base} ({str(e).splitlines()[0]})") from None
-    try:
-        tok = AutoTokenizer.from_pretrained(base)
-    except Exception:
-        tok = None
+    tok = _tokenizer(base)
     del cfg
     return model.eval(), tok
 
@@ -177,15 +176,20 @@ def _verify_cached(path: Path) -> dict | None:
 def build_sdllm(name: str, hf_repo: str | None, base=None, *, D: int = 7, clip: int | None = None, w_bits: int = 4,
                 group_size: int = 128, gamma_rule: str = "mse", calibration=None, calib_file=None,
                 calib_samples: int = DEFAULT_CALIB["samples"], calib_seq_len: int = DEFAULT_CALIB["seq_len"],
-                dtype: str = "float32", cache: bool = True, calib_device: str | None = None, **extra):
+                dtype: str = "float32", cache: bool = True, calib_device: str | None = None,
+                layerwise: bool | None = None, **extra):
     """Build (convert or load from cache) the SDLLM model of ``base``; see the module docstring.
 
     ``calibration``: token ids ``[N, L]`` or a list of texts; ``calib_file``: a
     text file to draw ``calib_samples`` windows of ``calib_seq_len`` tokens from
     (WikiText-2 train, as SpikeLLM). Neither: random token ids (a fallback; pass
     real text for real accuracy). ``calib_device``: run the conversion there
-    (e.g. ``"cuda"``; the model stays there). Other keywords are
-    :class:`SDLLMConfig` fields.
+    (e.g. ``"cuda"``; the model stays there; layer by layer: each block's
+    calibration forward runs there). ``layerwise``: convert block by block
+    from the safetensors shards (:mod:`tasks.language.layerwise`; the same
+    converted model at the memory of a few blocks); ``None``: when the base's
+    weights in ``dtype`` exceed ``WHOLE_MODEL_FRACTION`` of the available
+    memory. Other keywords are :class:`SDLLMConfig` fields.
     """
     _require_transformers()
     if dtype not in _DTYPES:
@@ -207,21 +211,13 @@ def build_sdllm(name: str, hf_repo: str | None, base=None, *, D: int = 7, clip: 
 
     meta = _verify_cached(cached) if cache and cached.exists() else None
     if meta is not None:
-        from safetensors.torch import load_file
-
-        try:
-            state = load_file(str(cached))
-        except Exception as e:
-            raise WeightsError(f"{cached} cannot be read ({e}); delete it") from None
-        model = _skeleton(path_base, torch_dtype)
-        replace_structure(model, config)
-        model.to_empty(device="cpu")
-        if getattr(model.config, "tie_word_embeddings", False) and hasattr(model, "tie_weights"):
-            model.tie_weights()  # to_empty (meta -> cpu) gives tied parameters separate storage
-        unpack_state(model, state)
+        model = _load_cached(path_base, config, torch_dtype, cached)
         model.sdllm = {**meta, "cache": str(cached), "from_cache": True}
         return model.eval()
 
+    if _use_layerwise(layerwise, path_base, torch_dtype, config):
+        return _build_layerwise(name, path_base, config, torch_dtype, key, cached if cache else None, calibration,
+                                calib_file, calib_samples, calib_seq_len, calib_device)
     model, tok = load_base(path_base, torch_dtype)
     if calib_device is not None:
         model.to(calib_device)
@@ -242,5 +238,90 @@ def build_sdllm(name: str, hf_repo: str | None, base=None, *, D: int = 7, clip: 
         save_safetensors(pack_state(model), cached, metadata={"model": name, "key": key})
         atomic_write_text(cached.with_name(cached.name + ".json"), json.dumps(info, indent=1))
         atomic_write_text(cached.with_name(cached.name + ".sha256"), hub.sha256_file(cached) + "\n")  # last: the seal
-    model.sdllm = {**info, "cache": str(cached) if cache else None, "from_cache": False}
+    model.sdllm = {**info, "cache": str(cached) if cache else None, "from_cache": False, "layerwise": False}
     return model.eval()
+
+
+def _load_cached(path_base: Path, config: SDLLMConfig, torch_dtype: torch.dtype, cached: Path):
+    """The converted model from its cache file: a skeleton from ``config.json``, the packed state loaded into it."""
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(cached))
+    except Exception as e:
+        raise WeightsError(f"{cached} cannot be read ({e}); delete it") from None
+    model = _skeleton(path_base, torch_dtype)
+    replace_structure(model, config)
+    model.to_empty(device="cpu")
+    if getattr(model.config, "tie_word_embeddings", False) and hasattr(model, "tie_weights"):
+        model.tie_weights()  # to_empty (meta -> cpu) gives tied parameters separate storage
+    unpack_state(model, state)
+    return model
+
+
+def _use_layerwise(option, path_base: Path, torch_dtype: torch.dtype, config: SDLLMConfig) -> bool:
+    """``layerwise=True`` / ``False`` as given; ``None`` (auto): layer by layer when the base is a safetensors
+    checkpoint of a supported decoder whose weights in ``dtype`` exceed ``WHOLE_MODEL_FRACTION`` of the available
+    memory (the whole-model path peaks near twice the weights)."""
+    from . import layerwise as lw
+
+    if option is not None:
+        if option not in (True, False):
+            raise ZooError(f"layerwise must be True, False or None (auto), got {option!r}")
+        return bool(option)
+    files = lw.checkpoint_files(path_base)
+    free = lw.available_memory()
+    if files is None or free is None:
+        return False
+    need = lw.checkpoint_params(files) * torch.empty((), dtype=torch_dtype).element_size()
+    if need <= lw.WHOLE_MODEL_FRACTION * free:
+        return False
+    reason = lw.layerwise_reason(_skeleton(path_base, torch_dtype), config)
+    if reason is not None:
+        warnings.warn(f"the base in {path_base} ({need / 2**30:.1f} GiB in {torch_dtype}) may not fit in memory, but "
+                      f"it cannot be converted layer by layer ({reason}); converting the whole model", stacklevel=4)
+        return False
+    return True
+
+
+def _build_layerwise(name, path_base, config, torch_dtype, key, cached, calibration, calib_file, calib_samples,
+                     calib_seq_len, calib_device):
+    """Convert block by block (:mod:`tasks.language.layerwise`) into the cache file, then load it from there."""
+    from transformers import AutoConfig
+
+    from .layerwise import convert_checkpoint
+
+    tok = _tokenizer(path_base)
+    vocab = AutoConfig.from_pretrained(path_base).get_text_config().vocab_size
+    if tok is not None and len(tok) > vocab:
+        raise ZooError(f"tokenizer mismatch in {path_base}: {len(tok)} tokens vs embedding {vocab}")
+    tokenizer = None
+    if calibration is None:
+        calibration = calibration_from_tokenizer(tok, _read_calib_texts(calib_file), vocab, calib_samples,
+                                                 calib_seq_len, config.seed)
+    elif not isinstance(calibration, torch.Tensor):
+        tokenizer = tok
+    scratch = hub.cache_dir() / CACHE_SUBDIR / f".{name}-{key}-{os.getpid()}.safetensors"  # cache=False: deleted after
+    target = cached if cached is not None else scratch
+    info = convert_checkpoint(path_base, target, config, calibration, tokenizer=tokenizer, dtype=torch_dtype,
+                              metadata={"model": name, "key": key}, device=calib_device)
+    info = {"config": info["config"], "gammas": info["gammas"], "base": str(path_base), "key": key}
+    try:
+        if cached is not None:
+            atomic_write_text(cached.with_name(cached.name + ".json"), json.dumps(info, indent=1))
+            atomic_write_text(cached.with_name(cached.name + ".sha256"), hub.sha256_file(cached) + "\n")  # the seal
+        model = _load_cached(path_base, config, torch_dtype, target)
+    finally:
+        if cached is None:
+            target.unlink(missing_ok=True)
+    model.sdllm = {**info, "cache": str(cached) if cached is not None else None, "from_cache": False, "layerwise": True}
+    return model.eval()
+
+
+def _tokenizer(path: Path):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except Exception:
+        return None

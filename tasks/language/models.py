@@ -29,10 +29,26 @@ def _builder(name: str, hf_repo: str):
     return build
 
 
-def _card(hf_repo: str, params: int, metrics=()):
+# Peak memory of converting layer by layer (tasks.language.layerwise.peak_estimate of the base's config.json,
+# defaults: 128 x 2048 calibration tokens, batches of 4, rotation): GiB in float32 and in float16.
+_PEAKS = {"sdllm-llama2-7b": ("8.3", "4.8"), "sdllm-llama2-13b": ("11.1", "6.8"),
+          "sdllm-llama3-8b": ("11.9", "9.8"), "sdllm-qwen2.5-14b": ("17.4", "14.5")}
+
+
+def _layerwise_note(name: str, params: int) -> str:
+    fp32, fp16 = _PEAKS[name]
+    return (f" Bases larger than memory convert layer by layer (layerwise=True; automatic when the base's weights in "
+            f"dtype exceed 40 % of the available memory; same converted model, tested): peak memory {fp32} GiB in "
+            f"float32, {fp16} GiB with dtype='float16' (computed by tasks.language.layerwise.peak_estimate from the "
+            f"config, not measured; the whole-model path holds the {params * 4 / 2**30:.1f} GiB of fp32 weights "
+            "and about as much again for the converted copies).")
+
+
+def _card(name: str, hf_repo: str, params: int, metrics=()):
     return dict(task="language", paper=_PAPER, code="", license="base model's license (" + hf_repo + ")",
                 input=_INPUT, input_size=(1, 128), T=1, D=7, neuron=_NEURON, weights=None, builds_weights=True,
-                metrics=list(metrics), notes=f"Base: {hf_repo}. " + _NOTES, params=params)
+                metrics=list(metrics), notes=f"Base: {hf_repo}. " + _NOTES + _layerwise_note(name, params),
+                params=params)
 
 
 _LLAMA2_7B_METRICS = [
@@ -50,7 +66,7 @@ for _name, _repo, _params, _metrics in (
     ("sdllm-qwen2.5-14b", "Qwen/Qwen2.5-14B", 14_770_033_664, []),
 ):
     BASES[_name] = _repo
-    register(_name, **_card(_repo, _params, _metrics))(_builder(_name, _repo))
+    register(_name, **_card(_name, _repo, _params, _metrics))(_builder(_name, _repo))
 
 # The zoo's own small Llama, trained here on real English text (tasks.language.tiny): the offline quality check.
 TINY = "sdllm-tiny-shakespeare"

@@ -44,7 +44,8 @@ from torch import nn
 
 from zoo.errors import ZooError
 
-__all__ = ["rotate", "rotate_structure", "HadamardLinear", "hadamard", "block_size", "foldable"]
+__all__ = ["rotate", "rotate_structure", "rotate_block", "rotate_ends", "rotation_matrices", "HadamardLinear", "hadamard",
+           "block_size", "foldable"]
 
 _NORMS = ("LlamaRMSNorm", "Qwen2RMSNorm", "MistralRMSNorm")
 
@@ -202,31 +203,45 @@ def rotate(model: nn.Module, seed: int = 0) -> str:
             if isinstance(m, HadamardLinear):
                 _mul(m.linear, right=hadamard(m.in_features))
         return kind
-    cfg = model.config
-    inner = model.model
-    layers = inner.layers
-    hidden = cfg.hidden_size
-    n_heads = cfg.num_attention_heads
-    head_dim = getattr(cfg, "head_dim", None) or hidden // n_heads
     rotate_structure(model)
+    Q, Hd = rotation_matrices(model.config, seed)
+    for layer in model.model.layers:
+        rotate_block(layer, Q, Hd)
+    rotate_ends(model, Q)
+    return "residual"
+
+
+def rotation_matrices(cfg, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(Q, H_d)``: the residual rotation ``diag(s) H`` (random signs from ``seed``) and the per-head Hadamard."""
+    hidden = cfg.hidden_size
+    head_dim = getattr(cfg, "head_dim", None) or hidden // cfg.num_attention_heads
     gen = torch.Generator().manual_seed(seed)
     signs = torch.randint(0, 2, (hidden,), generator=gen).double() * 2 - 1
-    Q = signs[:, None] * hadamard(hidden)  # orthogonal: diag(s) H
-    Hd = hadamard(head_dim)
-    for layer in layers:
-        att, mlp = layer.self_attn, layer.mlp
-        _fold_norm(layer.input_layernorm, [att.q_proj, att.k_proj, att.v_proj])
-        _fold_norm(layer.post_attention_layernorm, [mlp.gate_proj, mlp.up_proj])
-        for lin in (att.q_proj, att.k_proj, att.v_proj, mlp.gate_proj, mlp.up_proj):
-            _mul(lin, right=Q)
-        # values per head: V' = V Hd (rows of v_proj), o_proj columns per head: W_o Hd
-        n_v = att.v_proj.out_features // head_dim
-        _mul(att.v_proj, left=torch.block_diag(*[Hd] * n_v))
-        _mul(att.o_proj, right=torch.block_diag(*[Hd] * (att.o_proj.in_features // head_dim)), left=Q)
-        down = mlp.down_proj.linear
-        _mul(down, right=hadamard(down.in_features), left=Q)
-    _fold_norm(inner.norm, [model.lm_head])
+    return signs[:, None] * hadamard(hidden), hadamard(head_dim)  # Q orthogonal: diag(s) H
+
+
+@torch.no_grad()
+def rotate_block(layer: nn.Module, Q: torch.Tensor, Hd: torch.Tensor) -> None:
+    """Fold the norms and the rotations into one decoder block (its ``down_proj`` already a
+    :class:`HadamardLinear`, :func:`rotate_structure`); exact on its own, so blocks can be rotated one at a time."""
+    head_dim = Hd.shape[0]
+    att, mlp = layer.self_attn, layer.mlp
+    _fold_norm(layer.input_layernorm, [att.q_proj, att.k_proj, att.v_proj])
+    _fold_norm(layer.post_attention_layernorm, [mlp.gate_proj, mlp.up_proj])
+    for lin in (att.q_proj, att.k_proj, att.v_proj, mlp.gate_proj, mlp.up_proj):
+        _mul(lin, right=Q)
+    # values per head: V' = V Hd (rows of v_proj), o_proj columns per head: W_o Hd
+    n_v = att.v_proj.out_features // head_dim
+    _mul(att.v_proj, left=torch.block_diag(*[Hd] * n_v))
+    _mul(att.o_proj, right=torch.block_diag(*[Hd] * (att.o_proj.in_features // head_dim)), left=Q)
+    down = mlp.down_proj.linear
+    _mul(down, right=hadamard(down.in_features), left=Q)
+
+
+@torch.no_grad()
+def rotate_ends(model: nn.Module, Q: torch.Tensor) -> None:
+    """Fold the final norm into ``lm_head`` and rotate ``lm_head`` and the embedding (the parts outside the blocks)."""
+    _fold_norm(model.model.norm, [model.lm_head])
     _mul(model.lm_head, right=Q)
     emb = model.get_input_embeddings()
     emb.weight.data = (emb.weight.detach().double() @ Q).to(emb.weight.dtype)
-    return "residual"

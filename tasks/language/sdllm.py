@@ -553,12 +553,14 @@ def _set(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
-def replace_structure(model: nn.Module, config: SDLLMConfig, names: Sequence[str] | None = None) -> list[str]:
+def replace_structure(model: nn.Module, config: SDLLMConfig, names: Sequence[str] | None = None,
+                      linears_only: bool = False) -> list[str]:
     """Put an :class:`SDLinear` (gamma 1, weights not quantised yet) in place of each target linear; no data needed.
 
-    Used to rebuild the skeleton of a converted model before loading its cached state.
+    Used to rebuild the skeleton of a converted model before loading its cached state. ``linears_only``: only
+    the SDLinears (the rotation structure is already in place; no spiking attention installed).
     """
-    if config.rotate:
+    if config.rotate and not linears_only:
         from .rotation import rotate_structure
 
         rotate_structure(model)
@@ -570,7 +572,7 @@ def replace_structure(model: nn.Module, config: SDLLMConfig, names: Sequence[str
                       per_token=config.gamma == "per_token", hadamard=not isinstance(lin, nn.Linear),
                       device=lin.weight.device, dtype=lin.weight.dtype)
         _set(model, name, sd)
-    if config.spiking_attention:
+    if config.spiking_attention and not linears_only:
         from .spiking_attention import install
 
         install(model, config.D)
@@ -724,6 +726,24 @@ def _forward(model: nn.Module, ids: torch.Tensor):
     return model(ids)
 
 
+def calibration_site(model: nn.Module, name: str) -> nn.Module:
+    """The module whose input the encoder of target ``name`` will see (inside an online Hadamard: its linear)."""
+    m = model.get_submodule(name)
+    return m.linear if not isinstance(m, nn.Linear) and hasattr(m, "linear") else m
+
+
+def record_input(x: torch.Tensor, stats: _Stats, name: str, hessians: dict | None, config: SDLLMConfig) -> None:
+    """One calibration input of target ``name``: its gamma statistics and (GPTQ) its ``(sum x^T x, rows)``."""
+    x = x.detach().float()
+    if hessians is not None:
+        flat = x.reshape(-1, x.shape[-1]).double()
+        h, rows = hessians.get(name, (0.0, 0))
+        hessians[name] = (h + flat.t() @ flat, rows + flat.shape[0])
+    if config.gamma == "per_token":  # the multiplier c of g_t = c * mean|x_t|: statistics of x_t / mean|x_t|
+        x = x / x.abs().mean(-1, keepdim=True).clamp_min(TOKEN_EPS)
+    stats.update(x)
+
+
 @torch.no_grad()
 def calibrate(model: nn.Module, names: Sequence[str], batches: list[torch.Tensor], config: SDLLMConfig,
               hessians: dict | None = None) -> dict[str, float]:
@@ -732,21 +752,8 @@ def calibrate(model: nn.Module, names: Sequence[str], batches: list[torch.Tensor
     gen = torch.Generator().manual_seed(config.seed)
     stats = {n: _Stats(config.samples_per_layer, gen) for n in names}
     device = next(model.parameters()).device
-
-    def record(m, args, s, name):
-        x = args[0].detach().float()
-        if hessians is not None:
-            flat = x.reshape(-1, x.shape[-1]).double()
-            h, rows = hessians.get(name, (0.0, 0))
-            hessians[name] = (h + flat.t() @ flat, rows + flat.shape[0])
-        if config.gamma == "per_token":  # the multiplier c of g_t = c * mean|x_t|: statistics of x_t / mean|x_t|
-            x = x / x.abs().mean(-1, keepdim=True).clamp_min(TOKEN_EPS)
-        s.update(x)
-    def site(n):  # what the encoder will see: the input of the linear (after an online Hadamard)
-        m = model.get_submodule(n)
-        return m.linear if not isinstance(m, nn.Linear) and hasattr(m, "linear") else m
-
-    hooks = [site(n).register_forward_pre_hook(lambda m, args, s=stats[n], n=n: record(m, args, s, n)) for n in names]
+    hooks = [calibration_site(model, n).register_forward_pre_hook(
+        lambda m, args, s=stats[n], n=n: record_input(args[0], s, n, hessians, config)) for n in names]
     was_training = model.training
     model.eval()
     try:
@@ -760,6 +767,28 @@ def calibrate(model: nn.Module, names: Sequence[str], batches: list[torch.Tensor
 
 
 # ----------------------------------------------------------------------------------------------- conversion
+
+@torch.no_grad()
+def install_linears(model: nn.Module, names: Sequence[str], gammas: dict[str, float], hessians: dict | None,
+                    config: SDLLMConfig) -> None:
+    """Replace each calibrated full-precision target by its :class:`SDLinear`: weights quantised (GPTQ when
+    ``hessians`` has the layer's), bias copied, gamma set. The rotation structure must already be in place."""
+    originals = {n: model.get_submodule(n) for n in names}
+    replace_structure(model, config, names, linears_only=True)
+    for n in names:
+        lin, sd = originals[n], model.get_submodule(n)
+        w = lin.weight.detach()
+        if config.w_bits and hessians is not None and n in hessians:
+            h, rows = hessians.pop(n)
+            w = quantize_weight_gptq(w, h / rows, config.w_bits, config.group_size, config.gptq_damp).to(w.dtype)
+        elif config.w_bits:
+            codes, scales = quantize_weight(w, config.w_bits, config.group_size)
+            w = dequantize_weight(codes, scales, config.group_size, dtype=w.dtype)
+        sd.linear.weight.copy_(w)
+        if lin.bias is not None:
+            sd.linear.bias.copy_(lin.bias)
+        sd.neuron.gamma.fill_(gammas[n])
+
 
 @torch.no_grad()
 def convert(model: nn.Module, calibration, config: SDLLMConfig | dict | None = None, tokenizer=None) -> nn.Module:
@@ -790,22 +819,11 @@ def convert(model: nn.Module, calibration, config: SDLLMConfig | dict | None = N
     names = find_targets(model, config.targets)
     hessians = {} if config.gptq and config.w_bits else None
     gammas = calibrate(model, names, batches, config, hessians)
-    originals = {n: model.get_submodule(n) for n in names}
-    replace_structure(model, config, names)
-    for n in names:
-        lin, sd = originals[n], model.get_submodule(n)
-        w = lin.weight.detach()
-        if config.w_bits and hessians is not None and n in hessians:
-            h, rows = hessians.pop(n)
-            w = quantize_weight_gptq(w, h / rows, config.w_bits, config.group_size, config.gptq_damp).to(w.dtype)
-        elif config.w_bits:
-            codes, scales = quantize_weight(w, config.w_bits, config.group_size)
-            w = dequantize_weight(codes, scales, config.group_size, dtype=w.dtype)
-        sd.linear.weight.copy_(w)
-        if lin.bias is not None:
-            sd.linear.bias.copy_(lin.bias)
-        sd.neuron.gamma.fill_(gammas[n])
+    install_linears(model, names, gammas, hessians, config)
     if config.spiking_attention:  # calibrated on the converted linears' outputs
+        from .spiking_attention import install
+
+        install(model, config.D)
         gammas.update(calibrate_attention(model, batches, config))
     model.sdllm = {"config": config.to_dict(), "layers": names, "gammas": gammas, "rotation": rotation}
     return model
