@@ -118,9 +118,9 @@ _TINY = dict(embed_dims=(16, 32, 64, 96), block3_depth=1, block4_depth=1, num_cl
              feat_channels=64, encoder_layers=1, encoder_ffn=128, dcn_group=8, decoder_layers=3, decoder_heads=4,
              decoder_ffn=128, attention_gain=True)
 _SHAPES_DATA = "python -m tasks.segmentation.synthetic shapes --train 2000 --val 200 --seed 0"
-_SHAPES_TRAIN = ("OMP_NUM_THREADS=1 zoo train spike2former-tiny-shapes --data shapes --iters 900 --batch 4 --crop 128 "
-                 "--time-limit 1080 --set lr=0.01 backbone_lr_mult=1 warmup_iters=30 val_interval=450 "
-                 "scale_min=0.75 scale_max=1.5 clip_grad=0")
+_SHAPES_TRAIN = ("OMP_NUM_THREADS=1 zoo train spike2former-tiny-shapes --data shapes --iters 800 --batch 8 --crop 96 "
+                 "--time-limit 1140 --set lr=0.005 backbone_lr_mult=1 warmup_iters=50 val_interval=400 "
+                 "scale_min=0.75 scale_max=1.5 clip_grad=0 semantic_weight=1")
 
 
 def _register_tiny() -> None:
@@ -134,11 +134,15 @@ def _register_tiny() -> None:
         notes="A small Spike2Former (backbone widths 16/32/64/96, one block in stages 3 and 4; 64-channel pixel "
               "decoder with one DCN encoder layer; 16 queries, 3 decoder layers) for the synthetic shapes set "
               f"(7 classes: background and six shapes; `{_SHAPES_DATA}`), meant as the zoo's demo segmenter. "
-              "No weights yet: CPU runs of about 15-18 minutes from random weights (e.g. "
-              f"`{_SHAPES_TRAIN}`) reached a held-out mIoU of only 10-11 % (background everywhere), so none is "
-              "shipped. From random weights the official global clip (max_norm 0.01) stalls training: the "
-              "backbone's gradient norm is ~1e9 (measured), which scales the head's gradients below AdamW's eps; "
-              "clip_grad=0 turns it off. " + _OUTPUT.format(k=7, k1=8),
+              "Not the official architecture in one point: attention_gain=True (one scalar per softmax-free "
+              "attention, set from data at a random start; see spike2former.AttentionGain). No weights yet: "
+              "from random weights the official code's attention never fires on small images and the BatchNorm "
+              "after it normalises a constant, so the backbone's gradient norm is ~1e9 (measured) and the official "
+              "clip (max_norm 0.01) stalls training; `zoo train` now starts from a calibrated initialisation "
+              "(train.calibrate_firing: gradient norms ~10) and can add a semantic cross-entropy "
+              "(semantic_weight), but CPU runs of 10-20 minutes (e.g. "
+              f"`{_SHAPES_TRAIN}`) still reached a held-out mIoU of only 11 % (background everywhere), so none is "
+              "shipped." + _OUTPUT.format(k=7, k1=8),
     )(_builder(_TINY))
 
 
