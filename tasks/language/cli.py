@@ -132,6 +132,10 @@ def run_eval(args) -> None:
         from .harness import _lm_eval
 
         _lm_eval()  # says how to install lm-eval before the model is converted
+    elif data.suffix != ".jsonl" and args.join == "auto":  # the corpus layout, before the model is converted
+        from .evaluate import corpus_layout
+
+        args.join = corpus_layout(data.read_text(encoding="utf-8"), str(data))
     base = resolve_base(args.target, args.base, BASES.get(args.target))
     opts = {k: v for k, v in (("D", args.D), ("clip", args.clip), ("calib_file", args.calib_file),
                               ("calib_seq_len", args.calib_seq_len)) if v is not None}
