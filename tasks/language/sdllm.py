@@ -765,9 +765,13 @@ def calibrate(model: nn.Module, names: Sequence[str], batches: list[torch.Tensor
     hooks = [site(n).register_forward_pre_hook(lambda m, args, s=stats[n], n=n: record(m, args, s, n)) for n in names]
     was_training = model.training
     model.eval()
+    # a causal LM's body alone (model.model) when every target is in it: the lm_head's logits are not needed
+    body = getattr(model, "model", None)
+    runner = body if isinstance(body, nn.Module) and hasattr(model, "lm_head") and all(
+        n.startswith("model.") for n in names) else model
     try:
         for ids in batches:
-            _forward(model, ids.to(device))
+            _forward(runner, ids.to(device))
     finally:
         for h in hooks:
             h.remove()
