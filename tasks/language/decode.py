@@ -71,9 +71,10 @@ def _project(x: torch.Tensor, proj: tuple) -> torch.Tensor:
     rotated model, then SDLLM's gamma-SQP counts (``gamma=None``: full precision), then ``x W^T + b`` in the
     weight's dtype (fp16 copies: half the bytes read per step), result in x's dtype.
 
-    ``W = (codes, scales, codes_int8 or None)``: an SDLLM layer's exact integer accumulation (the op of
+    ``W = (codes or None, scales, codes_int8 or None)``: an SDLLM layer's exact integer accumulation (the op of
     :class:`tasks.language.sdllm.GroupQuantLinear`), so decoding sees the eager model's counts; with int8
-    codes it runs on the CPU's int8 GEMM (:mod:`tasks.language.int_kernels`, same integers)."""
+    codes it runs on the CPU's int8 GEMM (:mod:`tasks.language.int_kernels`, same integers; the fp32 codes
+    are then not kept)."""
     w, b, gamma, bound, per_token, had = proj
     if had is not None:  # the online Hadamard of a rotated model: x H, block by block (had: the [b, b] block)
         n, blk = x.shape[-1], had.shape[0]
@@ -86,7 +87,7 @@ def _project(x: torch.Tensor, proj: tuple) -> torch.Tensor:
             y = group_linear_int8(flat, w[2], w[1], g)
         else:
             y = group_linear(flat, w[0], w[1], g)
-        y = y.reshape(*x.shape[:-1], w[0].shape[-1]).to(x.dtype)
+        y = y.reshape(*x.shape[:-1], w[1].shape[-1]).to(x.dtype)
         return y if b is None else y + b
     if gamma is not None:
         counts, g = sqp_encode(x, gamma, bound, per_token)
@@ -160,10 +161,10 @@ def _proj(m: nn.Module, int8: bool | None = None, had: torch.Tensor | None = Non
         if m.hadamard and had is None:
             had = _hadamard_block(m.in_features, m.weight.device)
         enc = (m.neuron.gamma, m.neuron.bound, m.neuron.per_token, had)
-        if m.linear._exact():
-            codes, scales = m.linear._codes()
+        if m.linear._exact():  # int8: the int8 codes only (1 byte per weight); else the fp32 codes
             i8 = use_int8(1, m.neuron.bound, m.weight.device) if int8 is None else int8
-            return ((codes, scales, m.linear.int8_codes() if i8 else None), m.linear.bias, *enc)
+            w = (None, m.linear.scales(), m.linear.int8_codes()) if i8 else (*m.linear._codes(), None)
+            return (w, m.linear.bias, *enc)
         return (m.linear.weight, m.linear.bias, *enc)
     if type(m) is nn.Linear:
         return (m.weight, m.bias, None, 0, False, had)

@@ -6,10 +6,12 @@
   ``context``: non-overlapping windows, as GPTQ / SpikeLLM; a smaller stride
   gives every scored token more context, as in Hugging Face's perplexity
   guide). Each token after the first is scored exactly once; ``ppl =
-  exp(sum NLL / tokens scored)``. ``join="hf"`` (default) rebuilds the text
+  exp(sum NLL / tokens scored)``. ``join="hf"`` rebuilds the text
   as ``"\\n\\n".join(rows)`` of the Hugging Face ``wikitext`` data set, whose
   rows are the file's lines (blank lines as ``""``), so numbers match papers
-  that load the data set; ``join="raw"`` scores the file as is.
+  that load the data set; ``join="raw"`` scores the file as is; ``join="auto"``
+  (default) tells the two apart from the text (:func:`corpus_layout`: WikiText's
+  heading lines and ``@-@`` tokens) or stops with a line that names ``--join``.
 * :func:`zero_shot`: multiple choice by log-likelihood of each continuation
   given the context, lm-eval-harness prompts, for PIQA, ARC-Easy,
   ARC-Challenge, HellaSwag and WinoGrande jsonl files with their public field
@@ -35,7 +37,7 @@ import neurons
 from zoo.errors import ZooError
 
 __all__ = ["perplexity", "zero_shot", "load_choices", "activity", "read_corpus", "TASKS", "Question",
-           "PerplexityResult", "ZeroShotResult", "loglikelihood"]
+           "PerplexityResult", "ZeroShotResult", "loglikelihood", "corpus_layout"]
 
 TASKS = ("piqa", "arc_easy", "arc_challenge", "hellaswag", "winogrande")
 
@@ -69,22 +71,49 @@ class PerplexityResult:
         return asdict(self)
 
 
-def read_corpus(path: str | Path, join: str = "hf") -> str:
-    """The text of a raw corpus file (see the module docstring for ``join``)."""
+_WIKI_HEADING = re.compile(r"^ (=+) [^=\n].*? \1 ?$", re.M)  # " = Title = ", " = = Section = = "
+_WIKI_TOKEN = re.compile(r" @[-,.]@ ")  # WikiText's split hyphens and number separators: "1 @,@ 000", "well @-@ known"
+
+
+def corpus_layout(text: str, name: str = "the corpus") -> str:
+    """``"hf"`` for WikiText's raw layout, ``"raw"`` for any other text; a one-line :class:`ZooError` naming
+    ``--join`` where the signs disagree.
+
+    WikiText (Merity et al. 2016, the ``wiki.*.raw`` files) has heading lines `` = Title = `` /
+    `` = = Section = = `` and lines that begin with a space; its tokeniser leaves `` @-@ ``, `` @,@ ``, `` @.@ ``.
+    Headings with either of the other two signs: WikiText. Neither headings nor ``@-@`` tokens: raw text.
+    Headings alone (or ``@-@`` tokens alone) could be either, so the caller must say."""
+    heading = _WIKI_HEADING.search(text) is not None
+    token = _WIKI_TOKEN.search(text) is not None
+    lines = [line for line in text.splitlines() if line.strip()]
+    indented = bool(lines) and sum(line.startswith(" ") for line in lines) > 0.9 * len(lines)
+    if heading and (token or indented):
+        return "hf"
+    if not heading and not token:
+        return "raw"
+    sign = "' = Heading = ' lines" if heading else "' @-@ ' tokens"
+    raise ZooError(f"cannot tell whether {name} is WikiText (it has {sign} but not WikiText's other signs); "
+                   "pass --join hf (WikiText rows joined as the Hugging Face data set) or --join raw (the file as is)")
+
+
+def read_corpus(path: str | Path, join: str = "auto") -> str:
+    """The text of a raw corpus file (see the module docstring for ``join``; ``"auto"``: :func:`corpus_layout`)."""
     path = Path(path)
     if not path.is_file():
         raise ZooError(f"text file {path} does not exist")
     text = path.read_text(encoding="utf-8")
+    if join == "auto":
+        join = corpus_layout(text, str(path))
     if join == "raw":
         return text
     if join != "hf":
-        raise ZooError(f"join must be 'hf' or 'raw', got {join!r}")
+        raise ZooError(f"join must be 'auto', 'hf' or 'raw', got {join!r}")
     rows = [line if line.strip() else "" for line in text.splitlines(keepends=True)]
     return "\n\n".join(rows)
 
 
 @torch.no_grad()
-def perplexity(model, data, tokenizer=None, context: int = 2048, stride: int | None = None, join: str = "hf",
+def perplexity(model, data, tokenizer=None, context: int = 2048, stride: int | None = None, join: str = "auto",
                max_windows: int | None = None) -> PerplexityResult:
     """Sliding-window perplexity of ``data``: a text file path, a string (with ``tokenizer``) or token ids [N]."""
     stride = context if stride is None else stride

@@ -355,9 +355,9 @@ def convert_checkpoint(base: Path, out: Path, config: SDLLMConfig, calibration, 
         else:
             model.lm_head.weight = model.get_input_embeddings().weight
     _rebuild_buffers(model, prefix + ".")
-    Q = Hd = None
+    Q = head_dim = None
     if config.rotate:
-        Q, Hd = rotation_matrices(model.config, config.seed)
+        Q, head_dim = rotation_matrices(model.config, config.seed)
         rotate_ends(model, Q)
         rotation = "residual"
 
@@ -371,7 +371,7 @@ def convert_checkpoint(base: Path, out: Path, config: SDLLMConfig, calibration, 
         for i in range(len(layers)):
             block = _load_block(model, prefix, i, files, dtype, base)
             if Q is not None:
-                rotate_block(block, Q, Hd)
+                rotate_block(block, Q, head_dim)
             if device is not None:
                 block.to(device)
             mine = [n for n in names if n.startswith(f"{prefix}.{i}.")]

@@ -380,24 +380,39 @@ class GroupQuantLinear(neurons.SpikeLinear):
         super().__init__(*args, **kwargs)
         self.w_bits = int(w_bits or 0)
         self.group_size = int(group_size)
-        self._grid = None  # (key, codes [G, g, out] fp32, scales [G, 1, out] fp32, codes int8 [out, G*g])
+        self._grid = None  # (key, {"scales": [G, 1, out] fp32, "int8": [out, G*g] int8, "codes": [G, g, out] fp32})
 
     def _key(self):
         w = self.weight
         return (w.data_ptr(), w._version, w.device, w.dtype)
 
-    def _codes(self):
+    def _cached(self, want: str) -> torch.Tensor:
+        """The weight's codes and scales, derived once per weight version; the fp32 codes (4 bytes per weight)
+        only when the fp32 path asks for them, so the int8 path keeps 1 byte per weight besides the model's own."""
         if self._grid is None or self._grid[0] != self._key():
             codes, scales = quantize_weight(self.weight, self.w_bits, self.group_size)  # exact: w is on the grid
-            cg, _ = _grouped(codes.float(), self.group_size)  # [out, G, g]
-            self._grid = (self._key(), cg.permute(1, 2, 0).contiguous(), scales.t().unsqueeze(1).contiguous(),
-                          cg.reshape(cg.shape[0], -1).to(torch.int8).contiguous())
-        return self._grid[1], self._grid[2]
+            cg, _ = _grouped(codes, self.group_size)  # [out, G, g] int8
+            self._grid = (self._key(), {"scales": scales.t().unsqueeze(1).float().contiguous(),
+                                        "int8": cg.reshape(cg.shape[0], -1).to(torch.int8).contiguous()})
+        cache = self._grid[1]
+        if want == "codes" and "codes" not in cache:
+            i8 = cache["int8"]
+            cache["codes"] = i8.float().reshape(i8.shape[0], -1, self._group_width()).permute(1, 2, 0).contiguous()
+        return cache[want]
+
+    def _group_width(self) -> int:
+        return self.group_size if self.group_size and self.group_size < self.in_features else self.in_features
+
+    def _codes(self):
+        """``(codes [G, g, out] fp32, scales [G, 1, out] fp32)`` for the fp32 batched product."""
+        return self._cached("codes"), self._cached("scales")
+
+    def scales(self) -> torch.Tensor:
+        return self._cached("scales")
 
     def int8_codes(self) -> torch.Tensor:
         """The weight codes as int8 ``[out, G*g]`` (zero-padded groups): 1 byte per weight, for the int8 GEMM."""
-        self._codes()
-        return self._grid[3]
+        return self._cached("int8")
 
     def _exact(self) -> bool:
         lv = self.levels
@@ -431,8 +446,9 @@ class GroupQuantLinear(neurons.SpikeLinear):
             else:
                 y = F.linear(flat, self.weight.float()) * gamma
         else:
-            codes, scales = self._codes()
-            rows = max(1, CHUNK_ELEMENTS // (codes.shape[0] * codes.shape[2]))
+            scales = self.scales()  # [G, 1, out]; the fp32 codes only where the fp32 product runs
+            codes = self._codes()[0] if self.spike_driven else None
+            rows = max(1, CHUNK_ELEMENTS // (scales.shape[0] * scales.shape[2]))
             outs = []
             for i, part in enumerate(flat.split(rows)):
                 g = gamma if gamma.ndim == 0 else gamma[i * rows: i * rows + part.shape[0]]
@@ -756,9 +772,13 @@ def calibrate(model: nn.Module, names: Sequence[str], batches: list[torch.Tensor
         lambda m, args, s=stats[n], n=n: record_input(args[0], s, n, hessians, config)) for n in names]
     was_training = model.training
     model.eval()
+    # a causal LM's body alone (model.model) when every target is in it: the lm_head's logits are not needed
+    body = getattr(model, "model", None)
+    runner = body if isinstance(body, nn.Module) and hasattr(model, "lm_head") and all(
+        n.startswith("model.") for n in names) else model
     try:
         for ids in batches:
-            _forward(model, ids.to(device))
+            _forward(runner, ids.to(device))
     finally:
         for h in hooks:
             h.remove()

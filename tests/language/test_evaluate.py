@@ -171,7 +171,9 @@ def test_lm_eval_adapter_with_a_stand_in_lm_eval(monkeypatch, tokenizer):
     import sys
     import types
 
-    if "lm_eval" not in sys.modules:  # lm_eval is not a dependency: stand in for its LM base class
+    try:
+        import lm_eval.api.model  # noqa: F401
+    except ImportError:  # lm_eval is an optional dependency: stand in for its LM base class
         api, model_mod = types.ModuleType("lm_eval.api"), types.ModuleType("lm_eval.api.model")
         model_mod.LM = type("LM", (), {"__init__": lambda self: None})
         monkeypatch.setitem(sys.modules, "lm_eval", types.ModuleType("lm_eval"))
@@ -179,6 +181,9 @@ def test_lm_eval_adapter_with_a_stand_in_lm_eval(monkeypatch, tokenizer):
         monkeypatch.setitem(sys.modules, "lm_eval.api.model", model_mod)
     monkeypatch.delitem(sys.modules, "tasks.language.lm_eval_adapter", raising=False)
     from tasks.language.lm_eval_adapter import SDLLMEvalLM
+
+    # the adapter built on the stand-in leaves with the test (the next import sees the real lm_eval)
+    monkeypatch.setitem(sys.modules, "tasks.language.lm_eval_adapter", sys.modules["tasks.language.lm_eval_adapter"])
 
     model = tiny_llama()
     lm = SDLLMEvalLM(model, tokenizer, max_length=16)
@@ -193,3 +198,42 @@ def test_lm_eval_adapter_with_a_stand_in_lm_eval(monkeypatch, tokenizer):
     assert rolling < 0 and rolling == pytest.approx(sum(full[i - 1, ids[i]].item() for i in range(1, len(ids))), rel=0.05)
     (text,) = lm.generate_until([req(args=("The quick", {"until": ["\n"], "max_gen_toks": 5}))])
     assert isinstance(text, str)
+
+
+def test_corpus_layout_wikitext_raw_or_a_line_naming_join(tmp_path, tokenizer):
+    from tasks.language.evaluate import corpus_layout
+
+    wiki = WIKI + " The film grossed $ 1 @,@ 000 in a well @-@ known cinema . \n"
+    assert corpus_layout(WIKI) == corpus_layout(wiki) == "hf"  # headings + indented lines / @-@ tokens
+    plain = "ROMEO. But soft, what light through yonder window breaks?\n\nIt is the east, and Juliet is the sun.\n"
+    assert corpus_layout(plain) == corpus_layout(TEXT) == "raw"
+    f, g = tmp_path / "wiki.test.raw", tmp_path / "plays.txt"
+    f.write_text(wiki)
+    g.write_text(plain)
+    assert read_corpus(f) == read_corpus(f, "hf") != wiki and read_corpus(g) == read_corpus(g, "raw") == plain
+    model = tiny_llama()
+    for path, join in ((f, "hf"), (g, "raw")):  # auto scores what the explicit layout scores
+        assert perplexity(model, path, tokenizer, context=32).nll == perplexity(model, path, tokenizer, context=32,
+                                                                               join=join).nll
+    # one sign without the others: WikiText-like headings in unindented text, or @-@ tokens alone
+    for text in ("Intro line\n = Heading = \nMore plain text here.\nAnd more.\n", "a well @-@ known actor .\n"):
+        h = tmp_path / "odd.txt"
+        h.write_text(text)
+        with pytest.raises(ZooError, match="--join hf") as e:
+            read_corpus(h)
+        assert "--join raw" in str(e.value) and "\n" not in str(e.value) and "odd.txt" in str(e.value)
+        assert read_corpus(h, "raw") == text
+    with pytest.raises(ZooError, match="join must be"):
+        read_corpus(g, "wiki")
+
+
+def test_zoo_eval_names_join_for_an_ambiguous_corpus(zoo_home, llama_dir, tmp_path, capsys):
+    odd = tmp_path / "odd.txt"
+    odd.write_text("Intro line\n = Heading = \n" + TEXT[:200])
+    argv = ["eval", "sdllm-llama2-7b", "--data", str(odd), "--base", str(llama_dir), "--context", "64", "--no-base",
+            "--calib-file", str(odd), "--calib-seq-len", "64"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--join hf" in err[0]  # before the model is converted
+    assert cli.main(argv + ["--join", "raw", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["sdllm"]["task"] == "perplexity"
