@@ -314,3 +314,58 @@ def run_bench(args) -> None:
 
 VERB = Verb("SpikeYOLO inference paths side by side (reference = the official computation), as speed ratios",
             add_arguments, run_bench, takes="task")
+
+
+def _max_rel(a, b) -> float:
+    """Largest difference of the head outputs ``a`` from ``b``, relative to ``b``'s largest magnitude."""
+    a, b = (t[0] if isinstance(t, (tuple, list)) else t for t in (a, b))
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
+
+
+def summary(size: str = "quick") -> dict:
+    """The detection row of ``zoo bench`` (:mod:`zoo.bench`): the demo model ``spikeyolo-tiny-shapes`` on a
+    freshly generated held-out shapes set (mAP@50, firing rate and energy of the first image), and its fp32
+    paths timed side by side at its own input size (128x128, batch 1): reference, fp32-fast, fp32-winograd and
+    auto restricted to the exact arithmetics (fp32 direct / Winograd). A path counts as exact when its outputs
+    are within 1e-4 of the reference's range on the timed input. ``size="tiny"`` (the test's): 2 images, 64x64,
+    no Winograd path."""
+    import tempfile
+
+    import torch
+
+    import zoo
+    from tasks.detection.data import load_dataset
+    from tasks.detection.evaluate import evaluate
+    from tasks.detection.synthetic import write_coco
+    from zoo.arith import use_auto
+    from zoo.fuse import optimize_for_inference
+
+    from . import median_ms, summary_row
+
+    n_val, repeats, imgsz = {"quick": (50, 5, 128), "tiny": (2, 1, 64)}[size]
+    name = "spikeyolo-tiny-shapes"
+    model = zoo.load(name)
+    with tempfile.TemporaryDirectory() as tmp:
+        progress(f"detection: {name} mAP@50 on {n_val} generated held-out images")
+        write_coco(tmp, n_train=0, n_val=n_val, seed=12345)
+        res = evaluate(model, load_dataset(tmp, split="val"), imgsz=128, energy=True)
+    x = torch.rand(1, 3, imgsz, imgsz, generator=torch.Generator().manual_seed(1))
+    example = torch.rand(1, 3, imgsz, imgsz)
+    paths = {"reference": (model, x),
+             "fp32-fast": (optimize_for_inference(zoo.load(name), example), x.contiguous(memory_format=torch.channels_last))}
+    if size != "tiny":
+        paths["fp32-winograd"] = (optimize_for_inference(zoo.load(name), example, winograd=True), x)
+    auto = optimize_for_inference(zoo.load(name), example)
+    use_auto(auto, allow=("winograd",))
+    paths["auto"] = (auto, x.contiguous(memory_format=torch.channels_last))
+    progress(f"detection: timing {', '.join(paths)} ({imgsz}x{imgsz}, batch 1, median of {repeats})")
+    times, exact = {}, []
+    with torch.no_grad():
+        ref = model(x)
+        for p, (m, xi) in paths.items():
+            times[p] = median_ms(lambda m=m, xi=xi: m(xi), repeats)
+            if _max_rel(m(xi), ref) <= 1e-4:
+                exact.append(p)
+    return summary_row(name, "detection", "mAP@50", res.map50 * 100, f"{n_val} generated held-out shapes images",
+                       res.firing_rate, res.energy_mj, "image", times, "reference", exact,
+                       note=f"paths at {imgsz}x{imgsz}, batch 1")
