@@ -100,12 +100,19 @@ def render_markdown(report: dict) -> str:
     return "\n".join([f"{lines[0]}  ", lines[1], "", body, "", *(f"- {n}" for n in notes(report))])
 
 
-def write_section(path: Path, block: str) -> None:
-    """Replace the README's generated benchmark section (between :data:`START` and :data:`END`) with ``block``."""
+def _section_file(path: Path) -> str:
+    """The text of ``path``, checked to have the generated section's markers."""
+    if not path.is_file():
+        raise ZooError(f"{path} does not exist; --write names the README to update")
     content = path.read_text()
     if START not in content or END not in content:
         raise ZooError(f"{path} has no generated benchmark section; add the lines {START} and {END} where it goes")
-    head, rest = content.split(START, 1)
+    return content
+
+
+def write_section(path: Path, block: str) -> None:
+    """Replace the README's generated benchmark section (between :data:`START` and :data:`END`) with ``block``."""
+    head, rest = _section_file(path).split(START, 1)
     _, tail = rest.split(END, 1)
     path.write_text(f"{head}{START}\n{block}\n{END}{tail}")
 
@@ -114,6 +121,8 @@ def main(args) -> None:
     """``zoo bench`` with no task (``args``: json, markdown, write, size, tasks)."""
     if args.write and not args.markdown:
         raise ZooError("--write writes the markdown table; add --markdown")
+    if args.write:
+        _section_file(Path(args.write))  # before minutes of benchmarks
     report = run(args.size, args.tasks)
     if args.json:
         print(json.dumps(report, indent=2))
