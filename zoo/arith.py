@@ -321,3 +321,38 @@ def report(model: nn.Module) -> list[dict]:
             for shape, c in switch.choice.items():
                 rows.append({"layer": switch.name, "shape": list(shape), **c})
     return rows
+
+
+CHOICES = ("reference", "auto", *ARITHMETICS)  # the CLI's --arith
+
+
+def apply(model: nn.Module, arith: str, *example) -> nn.Module:
+    """The model a CLI's ``--arith`` asks for: ``reference`` = ``model`` as built; otherwise a BN-folded
+    channels_last copy (:func:`zoo.fuse.optimize_for_inference`, on ``example``) whose convolutions choose
+    their arithmetic: ``auto`` by timing (every candidate, within :data:`DEFAULT_TOL`), a named one
+    (``fp32``, ``winograd``, ``bf16``, ``int8``) wherever the layer and its input allow it, fp32 elsewhere."""
+    if arith not in CHOICES:
+        raise ZooError(f"unknown --arith {arith!r}; choose from {', '.join(CHOICES)}")
+    if arith == "reference":
+        return model
+    device = next(model.parameters()).device
+    if device.type != "cpu":
+        raise ZooError(f"--arith {arith} chooses CPU arithmetic; the model is on {device} (pass --device cpu)")
+    from .fuse import optimize_for_inference
+
+    fast = optimize_for_inference(model, *example, channels_last=arith != "winograd", winograd=False)
+    use_auto(fast, prefer=None if arith == "auto" else arith)
+    return fast
+
+
+def summary(model: nn.Module, arith: str) -> str:
+    """One line: which arithmetic the convolutions took (after a forward), e.g.
+    ``arithmetic (--arith int8): int8 52, fp32 1 of 53 convolution shapes``."""
+    from collections import Counter
+
+    rows = report(model)
+    if arith == "reference" or not rows:
+        return f"arithmetic (--arith {arith}): the model as built, fp32"
+    n = Counter(r["arith"] for r in rows)
+    return (f"arithmetic (--arith {arith}): " + ", ".join(f"{a} {n[a]}" for a in sorted(n, key=n.get, reverse=True))
+            + f" of {len(rows)} (convolution, input shape) pairs")
