@@ -251,7 +251,8 @@ class AutoConv:
         if self.prefer is not None:
             if self.prefer in candidates:
                 return {"arith": self.prefer, "why": f"{self.prefer} asked for (override)", "ms": {}, "err": {}}
-            why = "; ".join([f"{self.prefer} asked for, not possible here: fp32", *excluded])
+            why = "; ".join([f"{self.prefer} asked for, not possible here: fp32",
+                             *(e for e in excluded if e.startswith(self.prefer + ":"))])
             return {"arith": "fp32", "why": why, "ms": {}, "err": {}}
         err = {}
         lossy = [a for a in candidates if a not in EXACT]
@@ -304,7 +305,7 @@ def use_auto(model: nn.Module, allow=ARITHMETICS, force: dict[str, str] | None =
     switches = []
     for name, m in model.named_modules():
         if isinstance(m, nn.Conv2d) and not isinstance(m.__dict__.get("_conv_forward"), AutoConv):
-            m._conv_forward = AutoConv(m, name, tuple(allow) if prefer is None else (*allow, prefer),
+            m._conv_forward = AutoConv(m, name, tuple(dict.fromkeys((*allow, *([prefer] if prefer else [])))),
                                        force.pop(name, None), bf16, int8, tol, prefer)  # state_dict unchanged
             switches.append(m._conv_forward)
     if force:
