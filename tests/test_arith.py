@@ -182,3 +182,16 @@ def test_prefer_takes_an_arithmetic_wherever_it_applies():
         assert r["arith"] == "fp32" and "not possible here" in r["why"] and "not counts" in r["why"]
     with pytest.raises(ZooError, match="unknown arithmetic"):
         arith.use_auto(conv(4, 4, 1), prefer="fp8")
+
+
+@needs_int8
+def test_detection_bench_int8_and_arith_override_paths():
+    """`zoo bench detection`'s int8 path and its auto path under --arith: every count-fed conv on int8, the
+    stem (real-valued image) in fp32, reported per layer."""
+    from benchmarks.detection import worker
+
+    for path, arith_asked in (("int8", "auto"), ("auto", "int8")):
+        r = worker(path, "spikeyolo-tiny-shapes", None, 64, 1, arith_asked)
+        taken = {row["layer"]: row["arith"] for row in r["layers"]}
+        assert set(taken.values()) == {"int8", "fp32"} and taken["model.1.encode_conv"] == "fp32"
+        assert r["ms"] > 0 and r["peak_mb"] > 0
