@@ -17,9 +17,15 @@ the same weights and the same input (batch 1, 640x640 by default):
 * ``bf16-fast``: the fast path under bf16 autocast (counts 0..D are exact in
   bf16). Run only where the CPU has bf16 arithmetic (AVX512-BF16 or AMX);
   elsewhere one 3x3 convolution is timed in both precisions to show why not.
+* ``int8``: the fast path with every convolution whose input is counts on
+  oneDNN's quantised convolution (uint8 counts, per-channel int8 weights, exact
+  int32 sums, fp32 out; ``zoo.arith``), the rest (the stem) in fp32; on any x86
+  CPU (VNNI / AMX-INT8 where present, AVX2 otherwise);
 * ``auto``: the fast path with each convolution on the arithmetic timed fastest
   for its input shape among those the CPU and the layer allow: fp32 direct,
-  Winograd, bf16 on spike-count inputs (``zoo.arith.use_auto``); the one-off
+  Winograd, bf16 and int8 on spike-count inputs, the lossy two only where their
+  error on that input is within ``zoo.arith.DEFAULT_TOL`` (``zoo.arith.use_auto``);
+  ``--arith NAME`` overrides it: NAME wherever it applies, untimed. The one-off
   tuning time is reported as its compile time, the per-layer choices and
   their reasons in the JSON (``--layers`` prints them);
 * ``onnxruntime``: the graph ``zoo export`` writes (the reference network,
@@ -52,7 +58,7 @@ from zoo.plugin import Verb
 
 from . import firing_statistics, progress
 
-PATHS = ("reference", "fp32-fast", "fp32-winograd", "fp32-compiled", "bf16-fast", "auto", "onnxruntime")
+PATHS = ("reference", "fp32-fast", "fp32-winograd", "fp32-compiled", "bf16-fast", "int8", "auto", "onnxruntime")
 
 
 def has_onnxruntime() -> bool:
@@ -114,7 +120,7 @@ def onnxruntime_worker(name: str, weights: str | None, imgsz: int, repeats: int)
             "onnx_max_rel": res.max_rel, "rounding_floor": res.rounding_floor, "onnxruntime_version": ort.__version__}
 
 
-def worker(path: str, name: str, weights: str | None, imgsz: int, repeats: int) -> dict:
+def worker(path: str, name: str, weights: str | None, imgsz: int, repeats: int, arith: str = "auto") -> dict:
     """Time one path in this process; returns ms per forward and peak RSS."""
     import resource
 
@@ -134,16 +140,17 @@ def worker(path: str, name: str, weights: str | None, imgsz: int, repeats: int) 
         x = x.contiguous(memory_format=torch.channels_last)
     if path == "fp32-compiled":
         model = torch.compile(model)
-    if path == "auto":
+    if path in ("auto", "int8"):
         from zoo.arith import use_auto
 
-        use_auto(model)
+        prefer = "int8" if path == "int8" else None if arith == "auto" else arith
+        use_auto(model, prefer=prefer)
     bf16 = path == "bf16-fast"
     times = []
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         t = time.perf_counter()
         model(x)
-        if path in ("fp32-compiled", "auto"):
+        if path in ("fp32-compiled", "auto", "int8"):
             compile_s = time.perf_counter() - t
         for _ in range(repeats):
             t = time.perf_counter()
@@ -151,7 +158,7 @@ def worker(path: str, name: str, weights: str | None, imgsz: int, repeats: int) 
             times.append(time.perf_counter() - t)
     out = {"path": path, "ms": statistics.median(times) * 1e3, "compile_s": compile_s,
            "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-    if path == "auto":
+    if path in ("auto", "int8"):
         from zoo.arith import report
 
         out["layers"] = report(model)
@@ -181,8 +188,9 @@ def conv_precision_probe() -> dict:
     return out
 
 
-def demo_map(n_val: int = 200) -> dict:
-    """mAP@50 of the bundled demo model on a freshly generated held-out set: reference vs fast path."""
+def demo_map(n_val: int = 200, arith: str = "auto") -> dict:
+    """mAP@50 of the bundled demo model on a freshly generated held-out set: reference vs the fast paths
+    (fp32-fast, all-Winograd, spike-driven, all-int8, auto with ``arith``)."""
     import tempfile
 
     import torch
@@ -210,27 +218,37 @@ def demo_map(n_val: int = 200) -> dict:
         from zoo.arith import report, use_auto
 
         auto = optimize_for_inference(model, torch.rand(1, 3, 128, 128))
-        use_auto(auto)
+        use_auto(auto, prefer=None if arith == "auto" else arith)
         got_auto = evaluate(auto, val, imgsz=128, energy=False)
         used = sorted({r["arith"] for r in report(auto)})
+        int8 = optimize_for_inference(model, torch.rand(1, 3, 128, 128))
+        use_auto(int8, prefer="int8")
+        got_int8 = evaluate(int8, val, imgsz=128, energy=False)
     return {"images": n_val, "reference_map50": ref.map50, "fast_map50": got.map50, "winograd_map50": got_wino.map50,
-            "spike_map50": spike.map50, "auto_map50": got_auto.map50, "auto_arithmetics": used}
+            "spike_map50": spike.map50, "auto_map50": got_auto.map50, "auto_arithmetics": used, "arith": arith,
+            "int8_map50": got_int8.map50}
 
 
 def run(name: str = "spikeyolo-coco", weights: str | None = None, imgsz: int = 640, repeats: int = 5,
-        with_map: bool = True, paths=PATHS) -> dict:
+        with_map: bool = True, paths=PATHS, arith: str = "auto") -> dict:
     from zoo.arith import cpu_capabilities
 
     results = {}
     bf16 = cpu_has_bf16()
     ort = has_onnxruntime()
     paths = ["reference", *(p for p in paths if p != "reference")]  # the ratios' denominator always runs
-    todo = [p for p in PATHS if p in paths and (p != "bf16-fast" or bf16) and (p != "onnxruntime" or ort)]
+    from zoo.arith import CHOICES, int8_available
+
+    if arith not in CHOICES or arith == "reference":
+        raise ZooError(f"--arith: choose from {', '.join(c for c in CHOICES if c != 'reference')}, got {arith!r}")
+    int8 = int8_available()
+    todo = [p for p in PATHS if p in paths and (p != "bf16-fast" or bf16) and (p != "onnxruntime" or ort)
+            and (p != "int8" or int8)]
     for i, path in enumerate(todo, 1):
         progress(f"[{i}/{len(todo)}] timing path {path} ({name}, {imgsz}x{imgsz}, {repeats} forwards, own process)")
         cmd = [sys.executable, "-c",
                "import json, sys; from benchmarks.detection import worker; "
-               f"print(json.dumps(worker({path!r}, {name!r}, {weights!r}, {imgsz}, {repeats})))"]
+               f"print(json.dumps(worker({path!r}, {name!r}, {weights!r}, {imgsz}, {repeats}, {arith!r})))"]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode:
             raise ZooError(f"benchmark path {path} failed: {proc.stderr.strip().splitlines()[-1:]}")
@@ -239,14 +257,17 @@ def run(name: str = "spikeyolo-coco", weights: str | None = None, imgsz: int = 6
     for r in results.values():
         r["speedup"] = ref / r["ms"]
     report = {"model": name, "imgsz": imgsz, "repeats": repeats, "cpu": cpu_capabilities(), "cpu_bf16": bf16,
-              "paths": results}
+              "arith": arith, "paths": results}
+    if not int8 and "int8" in paths:
+        report["int8_skipped"] = "this torch has no oneDNN quantised convolution"
     if not ort and "onnxruntime" in paths:
         report["onnxruntime_skipped"] = "onnx / onnxruntime not installed: pip install -e '.[export]'"
     if not bf16 and "bf16-fast" in paths:
         report["bf16_probe_ms"] = conv_precision_probe()
     if with_map:
-        progress("demo model mAP@50 on 200 generated held-out images: reference, fast, Winograd, spike-driven, auto")
-        report["demo_map"] = demo_map()
+        progress("demo model mAP@50 on 200 generated held-out images: reference, fast, Winograd, spike-driven, auto, "
+                 "int8")
+        report["demo_map"] = demo_map(arith=arith)
     return report
 
 
@@ -257,12 +278,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=5, metavar="N", help="timed forwards per path (default 5)")
     parser.add_argument("--no-map", action="store_true", help="skip the demo model's mAP check")
     parser.add_argument("--layers", action="store_true", help="print the auto path's per-layer choices")
+    parser.add_argument("--arith", default="auto", choices=("auto", "fp32", "winograd", "bf16", "int8"), metavar="ARITH",
+                        help="the auto path: auto (default: per layer, timed, lossy ones within tolerance) or one "
+                             "arithmetic wherever it applies (fp32, winograd, bf16, int8)")
     parser.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS), metavar="PATH",
                         help=f"paths to time (default all: {' '.join(PATHS)}); reference always runs")
 
 
 def run_bench(args) -> None:
-    report = run(args.model, args.weights, args.imgsz, args.repeats, with_map=not args.no_map, paths=args.paths)
+    report = run(args.model, args.weights, args.imgsz, args.repeats, with_map=not args.no_map, paths=args.paths,
+                 arith=args.arith)
     if args.json:
         print(json.dumps(report, indent=2))
         return
@@ -284,13 +309,16 @@ def run_bench(args) -> None:
                     + ("" if floor is None else f" (reference with BN folded: {floor:.2g}, rounding-boundary flips)"))
         return ""
 
-    rows = [{"path": p, "speedup": f"{r['speedup']:.2f}x", "peak memory": f"{r['peak_mb']:.0f} MB",
+    rows = [{"path": p + (f" (--arith {report['arith']})" if p == "auto" and report["arith"] != "auto" else ""),
+             "speedup": f"{r['speedup']:.2f}x", "peak memory": f"{r['peak_mb']:.0f} MB",
              "compile": "-" if r.get("compile_s") is None else f"{r['compile_s']:.0f} s once", "note": note(r)}
             for p, r in report["paths"].items()]
     print(describe(report["cpu"]))
     print(f"{report['model']}, batch 1, {report['imgsz']}x{report['imgsz']}, median of {report['repeats']} "
           "forwards, each path in its own process (speedup = reference time / path time)")
     print(text(rows, ["path", "speedup", "peak memory", "compile", "note"]))
+    if "int8_skipped" in report:
+        print(f"int8: not run ({report['int8_skipped']})")
     if args.layers and "auto" in report["paths"]:
         print("\nauto: the arithmetic of each convolution (per input shape) and why")
         print(text([{"layer": r["layer"], "input": "x".join(map(str, r["shape"])), "arith": r["arith"],
@@ -308,9 +336,66 @@ def run_bench(args) -> None:
               f"{d['reference_map50'] * 100:.2f}, fp32-fast {d['fast_map50'] * 100:.2f} "
               f"(change {abs(d['fast_map50'] - d['reference_map50']) * 100:.2f} points), all-Winograd "
               f"{d['winograd_map50'] * 100:.2f} (change {abs(d['winograd_map50'] - d['reference_map50']) * 100:.2f} points), spike-driven "
-              f"{d['spike_map50'] * 100:.2f}, auto ({'/'.join(d['auto_arithmetics'])}) {d['auto_map50'] * 100:.2f} "
-              f"(change {abs(d['auto_map50'] - d['reference_map50']) * 100:.2f} points)")
+              f"{d['spike_map50'] * 100:.2f}, all-int8 {d['int8_map50'] * 100:.2f} "
+              f"(change {abs(d['int8_map50'] - d['reference_map50']) * 100:.2f} points), auto"
+              f"{'' if d['arith'] == 'auto' else ' --arith ' + d['arith']} ({'/'.join(d['auto_arithmetics'])}) "
+              f"{d['auto_map50'] * 100:.2f} (change {abs(d['auto_map50'] - d['reference_map50']) * 100:.2f} points)")
 
 
 VERB = Verb("SpikeYOLO inference paths side by side (reference = the official computation), as speed ratios",
             add_arguments, run_bench, takes="task")
+
+
+def _max_rel(a, b) -> float:
+    """Largest difference of the head outputs ``a`` from ``b``, relative to ``b``'s largest magnitude."""
+    a, b = (t[0] if isinstance(t, (tuple, list)) else t for t in (a, b))
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
+
+
+def summary(size: str = "quick") -> dict:
+    """The detection row of ``zoo bench`` (:mod:`zoo.bench`): the demo model ``spikeyolo-tiny-shapes`` on a
+    freshly generated held-out shapes set (mAP@50, firing rate and energy of the first image), and its fp32
+    paths timed side by side at its own input size (128x128, batch 1): reference, fp32-fast, fp32-winograd and
+    auto restricted to the exact arithmetics (fp32 direct / Winograd). A path counts as exact when its outputs
+    are within 1e-4 of the reference's range on the timed input. ``size="tiny"`` (the test's): 2 images, 64x64,
+    no Winograd path."""
+    import tempfile
+
+    import torch
+
+    import zoo
+    from tasks.detection.data import load_dataset
+    from tasks.detection.evaluate import evaluate
+    from tasks.detection.synthetic import write_coco
+    from zoo.arith import use_auto
+    from zoo.fuse import optimize_for_inference
+
+    from . import median_ms, summary_row
+
+    n_val, repeats, imgsz = {"quick": (50, 5, 128), "tiny": (2, 1, 64)}[size]
+    name = "spikeyolo-tiny-shapes"
+    model = zoo.load(name)
+    with tempfile.TemporaryDirectory() as tmp:
+        progress(f"detection: {name} mAP@50 on {n_val} generated held-out images")
+        write_coco(tmp, n_train=0, n_val=n_val, seed=12345)
+        res = evaluate(model, load_dataset(tmp, split="val"), imgsz=128, energy=True)
+    x = torch.rand(1, 3, imgsz, imgsz, generator=torch.Generator().manual_seed(1))
+    example = torch.rand(1, 3, imgsz, imgsz)
+    paths = {"reference": (model, x),
+             "fp32-fast": (optimize_for_inference(zoo.load(name), example), x.contiguous(memory_format=torch.channels_last))}
+    if size != "tiny":
+        paths["fp32-winograd"] = (optimize_for_inference(zoo.load(name), example, winograd=True), x)
+    auto = optimize_for_inference(zoo.load(name), example)
+    use_auto(auto, allow=("winograd",))
+    paths["auto"] = (auto, x.contiguous(memory_format=torch.channels_last))
+    progress(f"detection: timing {', '.join(paths)} ({imgsz}x{imgsz}, batch 1, median of {repeats})")
+    times, exact = {}, []
+    with torch.no_grad():
+        ref = model(x)
+        for p, (m, xi) in paths.items():
+            times[p] = median_ms(lambda m=m, xi=xi: m(xi), repeats)
+            if _max_rel(m(xi), ref) <= 1e-4:
+                exact.append(p)
+    return summary_row(name, "detection", "mAP@50", res.map50 * 100, f"{n_val} generated held-out shapes images",
+                       res.firing_rate, res.energy_mj, "image", times, "reference", exact,
+                       note=f"paths at {imgsz}x{imgsz}, batch 1")

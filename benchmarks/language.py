@@ -220,3 +220,58 @@ def run_bench(args) -> None:
 
 VERB = Verb("fused decode vs transformers' generate (full precision and SDLLM), conversion time, activity per token",
             add_arguments, run_bench, takes="task")
+
+
+def summary(size: str = "quick") -> dict:
+    """The language row of ``zoo bench`` (:mod:`zoo.bench`): the demo model ``sdllm-tiny-shakespeare`` (its
+    bundled base converted at load time; the first load converts and caches, ~2 min on 2 cores). Its metric is
+    the perplexity of the text that ships with it, ``weights/llama_tiny_shakespeare/calibration.txt`` (the
+    first 200 kB of its training split: the zoo ships no held-out text, the test plays are downloaded from
+    the package index), firing rate and energy per token on the first window, and greedy decode (prompt 16
+    tokens) timed side by side: transformers' eager ``generate`` (the reference), the zoo's static-cache
+    decode run eagerly (``FusedDecoder(compile=False)``: no compile time in a quick run) and, where the CPU has
+    an int8 GEMM, its int8 group partials; exact = the same tokens as the reference.
+    ``size="tiny"``: a 2-window x 64-token calibration (its own cache entry), one 64-token window, 4 tokens."""
+    import torch
+    from transformers import AutoTokenizer
+
+    import zoo
+    from tasks.language import int_kernels
+    from tasks.language.build import resolve_base
+    from tasks.language.decode import FusedDecoder
+    from tasks.language.evaluate import activity, perplexity
+    from tasks.language.models import BASES, TINY
+
+    from . import median_ms, summary_row
+
+    context, windows, new_tokens, repeats, load = {
+        "quick": (512, 4, 16, 3, {}),
+        "tiny": (64, 1, 4, 1, {"calib_samples": 2, "calib_seq_len": 64})}[size]
+    progress(f"language: loading {TINY} (converted once, then cached)")
+    model = zoo.load(TINY, **load)
+    path = resolve_base(TINY, None, BASES[TINY])
+    text = path / "calibration.txt"
+    ids = AutoTokenizer.from_pretrained(path)(text.read_text(encoding="utf-8"), return_tensors="pt")["input_ids"][0]
+    progress(f"language: perplexity on {windows} window(s) of {context} tokens of {text.name}")
+    ppl = perplexity(model, ids, context=context, max_windows=windows)
+    act = activity(model, ids[None, :context])
+    prompt = ids[None, :16]
+    ref_tokens = model.generate(prompt, max_new_tokens=new_tokens, do_sample=False, eos_token_id=None, pad_token_id=0)
+    runs = {"reference": lambda: model.generate(prompt, max_new_tokens=new_tokens, do_sample=False, eos_token_id=None,
+                                                pad_token_id=0)}
+    decoders = {"static-cache": FusedDecoder(model, max_len=16 + new_tokens, compile=False, int8=False)}
+    if int_kernels.available():
+        decoders["static-cache int8"] = FusedDecoder(model, max_len=16 + new_tokens, compile=False, int8=True)
+    for label, dec in decoders.items():
+        runs[label] = lambda dec=dec: dec.generate(prompt, new_tokens)
+    progress(f"language: timing {', '.join(runs)} ({new_tokens} greedy tokens, median of {repeats})")
+    times, exact = {}, []
+    with torch.no_grad():
+        for label, fn in runs.items():
+            times[label] = median_ms(fn, repeats)
+            if torch.equal(fn(), ref_tokens):
+                exact.append(label)
+    return summary_row(TINY, "language", "perplexity", ppl.ppl,
+                       f"{ppl.tokens} tokens of the shipped {text.name} (training text)", act.firing_rate,
+                       act.energy_per_token_mj, "token", times, "reference", exact,
+                       note=f"speed: greedy decode of {new_tokens} tokens vs transformers generate")

@@ -196,3 +196,44 @@ def run_bench(args) -> None:
 
 VERB = Verb("E-3DSNN forward cost on 10,000 points; the zoo's sparse convs against dense conv3d (and spconv)",
             add_arguments, run_bench, takes="task")
+
+
+def summary(size: str = "quick") -> dict:
+    """The point-cloud row of ``zoo bench`` (:mod:`zoo.bench`): the demo model ``svl-e3dsnn-tiny-shapes``
+    classifies freshly generated procedural shapes (:mod:`tasks.pointcloud.synthetic`, seed 7, 512 points, the
+    model's default zero-shot head over its 8 categories): top-1, firing rate and energy of the first cloud.
+    Its convolutions have one implementation (the zoo's sparse ones), so the speed column is one SubM 3x3x3
+    16->16 conv at the stem resolution: the zoo's sparse conv against ``F.conv3d`` on the dense occupied box
+    (the reference: the same sums over the same sites). ``size="tiny"``: 8 shapes, a 1,000-point layer cloud."""
+    import numpy as np
+    import torch
+
+    import zoo
+    from tasks.pointcloud.data import prepare
+    from tasks.pointcloud.evaluate import sparse_energy
+    from tasks.pointcloud.synthetic import CATEGORIES, make_shape
+
+    from . import summary_row
+
+    per_class, layer_points, repeats = {"quick": (10, 10000, 3), "tiny": (1, 1000, 1)}[size]
+    name = "svl-e3dsnn-tiny-shapes"
+    model = zoo.load(name)
+    cats = list(CATEGORIES)
+    if model.names != cats:
+        raise ZooError(f"{name}'s head names {model.names}, not the synthetic categories")
+    progress(f"pointcloud: {name} zero-shot top-1 on {per_class * len(cats)} generated shapes")
+    rng = np.random.default_rng(7)
+    clouds, labels = [], []
+    for i in range(per_class * len(cats)):
+        xyz, rgb, _ = make_shape(cats[i % len(cats)], 512, rng)
+        clouds.append(prepare(xyz, rgb, 512, y_up=False))
+        labels.append(i % len(cats))
+    points = torch.stack(clouds)
+    with torch.no_grad():
+        top1 = float((model(points).argmax(1) == torch.tensor(labels)).float().mean())
+    e = sparse_energy(model, points[:1])
+    progress(f"pointcloud: SubM 3x3x3 16->16 as sparse and as dense conv3d ({layer_points} points)")
+    times = {impl: worker_layer("subm", impl, 16, layer_points, repeats)["ms"] for impl in ("dense", "sparse")}
+    return summary_row(name, "pointcloud", "zero-shot top-1", top1 * 100, f"{len(labels)} generated shapes (seed 7)",
+                       e["firing_rate"], e["energy_mj"], "cloud", times, "dense", ["sparse"],
+                       note=f"speed: one SubM 3x3x3 conv, sparse vs dense conv3d, {layer_points} points")

@@ -134,3 +134,48 @@ def run_bench(args) -> None:
 
 VERB = Verb("Spike2Former inference paths side by side (reference = the official computation), as speed ratios",
             add_arguments, run_bench, takes="task")
+
+
+def summary(size: str = "quick", name: str = "spike2former-tiny-shapes") -> dict:
+    """The segmentation row of ``zoo bench`` (:mod:`zoo.bench`): the demo model ``spike2former-tiny-shapes`` on
+    a freshly generated held-out shapes set (:mod:`tasks.segmentation.synthetic`, seed 12345): mIoU when its card
+    has weights, else ``n/a`` and random weights with firing statistics (:func:`firing_weights`) for the firing
+    rate, energy (first image) and speed; the reference and fast paths timed side by side at 128x128, batch 1;
+    exact = logits within 1e-4 of the reference's largest. ``size="tiny"``: 2 images, 64x64 timing."""
+    import torch
+
+    import zoo
+    from tasks.segmentation.data import load_dataset
+    from tasks.segmentation.evaluate import evaluate
+    from tasks.segmentation.fast import optimize
+    from tasks.segmentation.synthetic import write_ade20k
+    from zoo import registry
+
+    from . import median_ms, summary_row
+
+    n_val, repeats, imgsz = {"quick": (20, 3, 128), "tiny": (2, 1, 64)}[size]
+    trained = registry.info(name).weights is not None
+    torch.manual_seed(0)
+    model = zoo.load(name) if trained else firing_weights(zoo.load(name, pretrained=False))
+    with tempfile.TemporaryDirectory() as tmp:
+        write_ade20k(tmp, n_train=0, n_val=n_val, seed=12345)
+        data = load_dataset(tmp, split="val")
+        progress(f"segmentation: {name} on {n_val} generated held-out images"
+                 + ("" if trained else " (no demo weights: firing rate and energy only, random weights)"))
+        res = evaluate(model, data, max_images=None if trained else 1)
+    x = torch.randn(1, 3, imgsz, imgsz, generator=torch.Generator().manual_seed(1))
+    times, outs = {}, {}
+    progress(f"segmentation: timing reference, fast ({imgsz}x{imgsz}, batch 1, median of {repeats})")
+    with torch.no_grad():
+        for path in PATHS:
+            optimize(model, enable=path == "fast")
+            times[path] = median_ms(lambda: model(x), repeats)
+            outs[path] = model(x)
+        optimize(model, enable=False)
+    ref = outs["reference"]
+    exact = [p for p in PATHS if float((outs[p] - ref).abs().max() / ref.abs().max()) <= 1e-4]
+    return summary_row(name, "segmentation", "mIoU", res.miou * 100 if trained else None,
+                       f"{n_val if trained else 1} generated held-out shapes image(s)", res.firing_rate, res.energy_mj,
+                       "image", times, "reference", exact,
+                       note=("" if trained else "no demo weights: random weights with firing statistics; ")
+                       + f"paths at {imgsz}x{imgsz}, batch 1")

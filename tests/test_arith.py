@@ -1,4 +1,4 @@
-"""zoo.arith: the CPU probe, and per-layer arithmetic (fp32 / Winograd / bf16) equal to fp32 on spike counts
+"""zoo.arith: the CPU probe, and per-layer arithmetic (fp32 / Winograd / bf16 / int8) equal to fp32 on spike counts
 within each one's stated bound, chosen once per shape, reported, overridable."""
 
 from __future__ import annotations
@@ -58,6 +58,12 @@ def test_each_arithmetic_equals_fp32_on_counts_within_its_bound(layer):
                 assert torch.equal(got, want)
             elif a == "winograd":
                 assert diff.max() <= 1e-5 * want.abs().max()
+            elif a == "int8":  # per-channel int8 weights (rounding <= s_c / 2), exact counts, exact int32 sums
+                s_c = c.weight.abs().amax(dim=(1, 2, 3)).view(1, -1, 1, 1) / 127
+                ones = torch.ones_like(c.weight)
+                count_sum = nn.functional.conv2d(x.abs(), ones, None, c.stride, c.padding, c.dilation, c.groups)
+                assert (diff <= s_c / 2 * count_sum + 1e-5 * want.abs().max()).all()
+                assert diff.max() > 0  # it really ran in int8
             else:  # bf16 weights and output (unit roundoff 2^-8 each), exact inputs, fp32 accumulation
                 assert (diff <= 2 ** -7 * abs_sum + 1e-6).all()
                 assert diff.max() > 0  # it really ran in bf16
@@ -65,7 +71,7 @@ def test_each_arithmetic_equals_fp32_on_counts_within_its_bound(layer):
 
 def test_choice_is_made_once_per_shape_and_reported():
     c = conv(8, 8, 3, padding=1)
-    (switch,) = arith.use_auto(c, bf16=True)
+    (switch,) = arith.use_auto(c, bf16=True, tol=1.0)
     with torch.no_grad():
         c(counts((1, 8, 16, 16)))
         first = dict(switch.choice)
@@ -75,7 +81,8 @@ def test_choice_is_made_once_per_shape_and_reported():
     rows = arith.report(c)
     assert [r["shape"] for r in rows] == [[1, 8, 16, 16], [1, 8, 8, 8]]
     r = rows[0]
-    assert set(r["ms"]) == {"fp32", "winograd", "bf16"} and r["arith"] == min(r["ms"], key=r["ms"].get)
+    assert set(r["ms"]) == {"fp32", "winograd", "bf16"} | ({"int8"} if arith.int8_available() else set())
+    assert r["arith"] == min(r["ms"], key=r["ms"].get)
     assert r["why"].startswith("fastest of")
 
 
@@ -86,11 +93,11 @@ def test_bf16_only_for_counts_and_only_on_a_bf16_cpu():
         c(torch.rand(1, 8, 8, 8))  # real values: bf16 would round them
     assert "bf16" not in switch.choice[(1, 8, 8, 8)]["ms"] and "not spike counts" in switch.choice[(1, 8, 8, 8)]["why"]
     c = conv(8, 8, 1)
-    (switch,) = arith.use_auto(c, bf16=False)
+    (switch,) = arith.use_auto(c, allow=("bf16",), bf16=False)
     with torch.no_grad():
         c(counts((1, 8, 8, 8)))
     assert switch.choice[(1, 8, 8, 8)] == {"arith": "fp32", "why": "the only candidate; bf16: the CPU has no bf16 arithmetic",
-                                           "ms": switch.choice[(1, 8, 8, 8)]["ms"]}
+                                           "ms": switch.choice[(1, 8, 8, 8)]["ms"], "err": {}}
 
 
 def test_bad_overrides_are_errors():
@@ -115,3 +122,76 @@ def test_demo_detector_runs_on_chosen_arithmetic():
     rows = arith.report(auto)
     assert len({r["layer"] for r in rows}) == len(switches) == sum(isinstance(m, nn.Conv2d) for m in auto.modules())
     assert {r["arith"] for r in rows} == {"fp32"}
+
+
+needs_int8 = pytest.mark.skipif(not arith.int8_available(), reason="this torch has no oneDNN quantised convolution")
+
+
+@needs_int8
+def test_int8_only_for_non_negative_counts():
+    for x, reason in ((torch.rand(1, 8, 8, 8), "not counts 0..255"), (-counts((1, 8, 8, 8)), "not counts 0..255"),
+                      (counts((1, 8, 8, 8), D=300), "not counts 0..255")):
+        c = conv(8, 8, 3, padding=1)
+        (switch,) = arith.use_auto(c, allow=("int8",), tol=1.0)
+        with torch.no_grad():
+            got = c(x)
+            assert torch.equal(got, nn.functional.conv2d(x, c.weight, c.bias, padding=1))
+        assert "int8" not in switch.choice[tuple(x.shape)]["ms"] and reason in switch.choice[tuple(x.shape)]["why"]
+
+
+@pytest.mark.parametrize("lossy", ["bf16", "int8"])
+def test_lossy_arithmetic_is_held_to_the_tolerance(lossy):
+    """A lossy candidate whose error on the layer's first input exceeds ``tol`` is not a candidate, whatever its
+    speed (and says so); within ``tol`` it is timed with the others. The measured error is reported."""
+    if lossy == "int8" and not arith.int8_available():
+        pytest.skip("this torch has no oneDNN quantised convolution")
+    x = counts((1, 16, 12, 12))
+    seen = {}
+    for tol in (0.0, 1.0):
+        c = conv(16, 16, 3, padding=1)
+        (switch,) = arith.use_auto(c, allow=(lossy,), bf16=True, tol=tol)
+        with torch.no_grad():
+            got = c(x)
+        seen[tol] = switch.choice[tuple(x.shape)]
+        with torch.no_grad():
+            want = nn.functional.conv2d(x, c.weight, c.bias, padding=1)
+            err = float((switch._run(lossy, x, c.weight, c.bias) - want).abs().max() / want.abs().max())
+        assert seen[tol]["err"][lossy] == pytest.approx(err)
+        if tol == 0.0:
+            assert torch.equal(got, want) and lossy not in seen[tol]["ms"] and "> tolerance 0" in seen[tol]["why"]
+    assert 0 < seen[1.0]["err"][lossy] <= arith.DEFAULT_TOL * 10 and lossy in seen[1.0]["ms"]
+
+
+def test_prefer_takes_an_arithmetic_wherever_it_applies():
+    """The --arith override: the named arithmetic where the layer and input allow it, fp32 elsewhere, untimed."""
+    stem, body = conv(3, 8, 3, padding=1), conv(8, 8, 3, padding=1, seed=1)
+    arith.use_auto(stem, prefer="winograd")
+    arith.use_auto(body, prefer="int8" if arith.int8_available() else "winograd")
+    with torch.no_grad():
+        stem(torch.rand(1, 3, 8, 8))
+        body(counts((1, 8, 8, 8)))
+    (s,), (b,) = arith.report(stem), arith.report(body)
+    assert s["arith"] == "winograd" and "override" in s["why"] and s["ms"] == {}
+    assert b["arith"] in ("int8", "winograd") and "override" in b["why"]
+    if arith.int8_available():
+        body2 = conv(8, 8, 3, padding=1)
+        arith.use_auto(body2, prefer="int8")
+        with torch.no_grad():
+            body2(torch.rand(1, 8, 8, 8))  # real values: int8 would round them
+        (r,) = arith.report(body2)
+        assert r["arith"] == "fp32" and "not possible here" in r["why"] and "not counts" in r["why"]
+    with pytest.raises(ZooError, match="unknown arithmetic"):
+        arith.use_auto(conv(4, 4, 1), prefer="fp8")
+
+
+@needs_int8
+def test_detection_bench_int8_and_arith_override_paths():
+    """`zoo bench detection`'s int8 path and its auto path under --arith: every count-fed conv on int8, the
+    stem (real-valued image) in fp32, reported per layer."""
+    from benchmarks.detection import worker
+
+    for path, arith_asked in (("int8", "auto"), ("auto", "int8")):
+        r = worker(path, "spikeyolo-tiny-shapes", None, 64, 1, arith_asked)
+        taken = {row["layer"]: row["arith"] for row in r["layers"]}
+        assert set(taken.values()) == {"int8", "fp32"} and taken["model.1.encode_conv"] == "fp32"
+        assert r["ms"] > 0 and r["peak_mb"] > 0

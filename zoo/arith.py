@@ -15,11 +15,26 @@ the arithmetics it may use (:class:`AutoConv`), timed on that first input:
   where the CPU has bf16 arithmetic and the layer's input is spike counts (integers of at most 256 in
   magnitude, checked on that input), which bf16 holds exactly; the weights are rounded to bf16 (unit
   roundoff 2^-8) and so is the output: ``|bf16 - fp32| <= 2^-7 conv(|x|, |W|)`` (0.8 % of the layer's
-  absolute sum, at most).
+  absolute sum, at most);
+* ``int8``: oneDNN's quantised convolution (``torch.ops.onednn.qconv2d_pointwise``, the kernel of PyTorch's
+  x86 quantisation: VNNI / AMX-INT8 where there are, AVX2 ``vpmaddubsw`` elsewhere) on uint8 inputs with scale
+  1 and zero point 0, which hold counts 0..255 exactly, and int8 weights quantised per output channel
+  (symmetric, ``s_c = max|W_c| / 127``, calibrated on the weights themselves); the int32 accumulation is
+  exact and the output comes back in fp32 (``s_c`` times the sum, plus the fp32 bias), so the only error is
+  the weights' rounding: ``|int8 - fp32| <= (s_c / 2) conv(|x|, 1)``. A candidate only where oneDNN's
+  quantised convolution runs here and the input is non-negative counts of at most 255 (checked on it).
+
+The lossy candidates (``bf16``, ``int8``) are also held to a tolerance (``tol``, :data:`DEFAULT_TOL`): on the
+layer's first input their largest difference from fp32, relative to the largest fp32 output, must be at most
+``tol``, or the layer keeps an exact arithmetic (the reason and the measured error are reported). The bounds
+above are worst cases; what a detector's mAP feels is how many counts flip at a rounding boundary downstream,
+which the tolerance limits but does not bound: ``zoo bench detection`` measures the mAP@50 change of the
+auto and all-int8 paths on the demo set (for scale: folding BN alone, exact up to last bits, moves it by
+~0.1 point on 200 images).
 
 The choice and the times behind it are kept per layer and shape (:func:`report`); ``allow`` limits the
-candidates, ``force`` names the arithmetic of given layers (an override that skips the timing). int8
-(counts exact, weights quantised per output channel) is not one of the candidates yet.
+candidates, ``force`` names the arithmetic of given layers (an override that skips the timing), ``prefer``
+takes one arithmetic wherever it is a candidate (the CLI's ``--arith``: no timing, no tolerance).
 """
 
 from __future__ import annotations
@@ -32,9 +47,12 @@ from torch import nn
 
 from .errors import ZooError
 
-__all__ = ["FLAGS", "ARITHMETICS", "AutoConv", "cpu_capabilities", "cpu_flags", "describe", "report", "use_auto"]
+__all__ = ["FLAGS", "ARITHMETICS", "EXACT", "DEFAULT_TOL", "AutoConv", "cpu_capabilities", "cpu_flags", "describe",
+           "int8_available", "report", "use_auto"]
 
-ARITHMETICS = ("fp32", "winograd", "bf16")
+ARITHMETICS = ("fp32", "winograd", "bf16", "int8")
+EXACT = ("fp32", "winograd")  # equal to fp32 up to its rounding
+DEFAULT_TOL = 1e-3  # the lossy candidates' largest difference from fp32, relative to the layer's largest output
 
 # the /proc/cpuinfo flags that matter for fp32 / bf16 / int8 convolutions and matrix products
 FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8")
@@ -105,6 +123,55 @@ def _counts(x: torch.Tensor) -> bool:
     return bool(x.numel()) and bool(((x == torch.round(x)) & (x.abs() <= 256)).all())
 
 
+def _unsigned_counts(x: torch.Tensor) -> bool:
+    """Whether ``x`` holds only integers in 0..255 (exact in uint8 with scale 1, zero point 0)."""
+    return bool(x.numel()) and bool(((x == torch.round(x)) & (x >= 0) & (x <= 255)).all())
+
+
+_INT8: bool | None = None
+
+
+def int8_available() -> bool:
+    """Whether oneDNN's quantised convolution with an fp32 output runs in this torch build (tried once)."""
+    global _INT8
+    if _INT8 is None:
+        try:
+            conv = nn.Conv2d(2, 2, 1)
+            _INT8 = bool(torch.allclose(_Int8Weights(conv)(torch.ones(1, 2, 2, 2), conv.weight, conv.bias),
+                                        conv(torch.ones(1, 2, 2, 2)), atol=0.05))
+        except (RuntimeError, AttributeError, NotImplementedError):
+            _INT8 = False
+    return _INT8
+
+
+class _Int8Weights:
+    """One convolution's int8 weights (per output channel, symmetric, ``s_c = max|W_c| / 127``), packed for
+    oneDNN once per weight version; ``__call__(x, w, b)`` runs the quantised convolution on counts ``x``."""
+
+    def __init__(self, conv: nn.Conv2d):
+        self.conv, self.key, self.packed = conv, None, None
+
+    def pack(self, w: torch.Tensor):
+        key = (w.data_ptr(), w._version)
+        if self.key != key:
+            c = self.conv
+            w = w.detach().float()
+            scale = (w.abs().amax(dim=(1, 2, 3)) / 127).clamp_min(1e-12)
+            q = torch.round(w / scale.view(-1, 1, 1, 1)).clamp(-127, 127).to(torch.int8)
+            packed = torch.ops.onednn.qconv_prepack(q.contiguous(memory_format=torch.channels_last), scale, 1.0, 0,
+                                                    list(c.stride), list(c.padding), list(c.dilation), c.groups, None)
+            self.packed = (packed, scale, torch.zeros(len(scale), dtype=torch.long))
+            self.key = key
+        return self.packed
+
+    def __call__(self, x, w, b):
+        c = self.conv
+        packed, scale, zp = self.pack(w)
+        return torch.ops.onednn.qconv2d_pointwise(
+            x.to(torch.uint8), 1.0, 0, packed, scale, zp, None if b is None else b.detach().float(), list(c.stride),
+            list(c.padding), list(c.dilation), c.groups, 1.0, 0, torch.float32, "none", [], "")
+
+
 def _interleaved_ms(fns: dict, rounds: int = 5) -> dict[str, float]:
     """Fastest of ``rounds`` timed calls of each function after a warm-up, the calls taken in turn (round
     robin), so that a stall of a shared machine does not fall on one candidate only."""
@@ -124,14 +191,17 @@ def _interleaved_ms(fns: dict, rounds: int = 5) -> dict[str, float]:
 class AutoConv:
     """Replaces one convolution's ``_conv_forward``: the arithmetic timed fastest for the input's shape."""
 
-    def __init__(self, conv: nn.Conv2d, name: str, allow: tuple[str, ...], force: str | None, bf16_cpu: bool):
+    def __init__(self, conv: nn.Conv2d, name: str, allow: tuple[str, ...], force: str | None, bf16_cpu: bool,
+                 int8: bool = False, tol: float = DEFAULT_TOL, prefer: str | None = None):
         from . import winograd
 
-        self.conv, self.name, self.force = conv, name, force
+        self.conv, self.name, self.force, self.tol, self.prefer = conv, name, force, tol, prefer
         self.allow = tuple(a for a in allow if a != "winograd" or winograd.eligible(conv))
-        self.bf16_cpu = bf16_cpu
-        self.choice: dict[tuple, dict] = {}  # input shape -> {"arith", "why", "ms": {arith: ms}}
+        self.bf16_cpu, self.int8_ok = bf16_cpu, int8
+        self.int8_layer = conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
+        self.choice: dict[tuple, dict] = {}  # input shape -> {"arith", "why", "ms": {arith: ms}, "err": {arith: rel}}
         self._wino = winograd.WinogradConv(conv, autotune=False)
+        self._int8 = _Int8Weights(conv)
         self._bf16_key, self._bf16_w = None, None
 
     def _bf16_weight(self, w: torch.Tensor) -> torch.Tensor:
@@ -148,11 +218,12 @@ class AutoConv:
             out = F.conv2d(x.to(torch.bfloat16), self._bf16_weight(w), None, c.stride, c.padding, c.dilation,
                            c.groups).float()
             return out if b is None else out + b.view(1, -1, 1, 1)
+        if arith == "int8":
+            return self._int8(x, w, b)
         return nn.Conv2d._conv_forward(c, x, w, b)
 
-    def _decide(self, x, w, b) -> dict:
-        if self.force is not None:
-            return {"arith": self.force, "why": "forced", "ms": {}}
+    def _candidates(self, x) -> tuple[list[str], list[str]]:
+        """The arithmetics this layer may use on ``x`` (fp32 first), and why the others may not."""
         candidates, excluded = ["fp32"], []
         for a in self.allow:
             if a == "winograd":
@@ -164,10 +235,41 @@ class AutoConv:
                     excluded.append("bf16: input is not spike counts")
                 else:
                     candidates.append(a)
+            elif a == "int8":
+                if not self.int8_ok:
+                    excluded.append("int8: no oneDNN quantised convolution in this torch")
+                elif not self.int8_layer:
+                    excluded.append("int8: padding mode or 'same' padding")
+                elif not _unsigned_counts(x):
+                    excluded.append("int8: input is not counts 0..255")
+                else:
+                    candidates.append(a)
+        return candidates, excluded
+
+    def _decide(self, x, w, b) -> dict:
+        if self.force is not None:
+            return {"arith": self.force, "why": "forced", "ms": {}, "err": {}}
+        candidates, excluded = self._candidates(x)
+        if self.prefer is not None:
+            if self.prefer in candidates:
+                return {"arith": self.prefer, "why": f"{self.prefer} asked for (override)", "ms": {}, "err": {}}
+            why = "; ".join([f"{self.prefer} asked for, not possible here: fp32",
+                             *(e for e in excluded if e.startswith(self.prefer + ":"))])
+            return {"arith": "fp32", "why": why, "ms": {}, "err": {}}
+        err = {}
+        lossy = [a for a in candidates if a not in EXACT]
+        if lossy:
+            want = self._run("fp32", x, w, b)
+            scale = float(want.abs().max()) or 1.0
+            for a in lossy:
+                err[a] = float((self._run(a, x, w, b) - want).abs().max()) / scale
+                if err[a] > self.tol:
+                    candidates.remove(a)
+                    excluded.append(f"{a}: error {err[a]:.2g} of the output's range > tolerance {self.tol:g}")
         ms = _interleaved_ms({a: (lambda a=a: self._run(a, x, w, b)) for a in candidates})
         best = min(ms, key=ms.get)
         why = f"fastest of {', '.join(ms)}" if len(ms) > 1 else "the only candidate"
-        return {"arith": best, "why": "; ".join([why, *excluded]), "ms": ms}
+        return {"arith": best, "why": "; ".join([why, *excluded]), "ms": ms, "err": err}
 
     def __call__(self, x: torch.Tensor, w: torch.Tensor, b) -> torch.Tensor:
         if x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_grad_enabled():
@@ -175,25 +277,38 @@ class AutoConv:
         shape = tuple(x.shape)
         if shape not in self.choice:
             self.choice[shape] = self._decide(x, w, b)
-        return self._run(self.choice[shape]["arith"], x, w, b)
+        arith = self.choice[shape]["arith"]
+        if arith in ("bf16", "int8") and self.force is None and not self._candidates(x)[0].count(arith):
+            arith = "fp32"  # this input is not counts after all (the choice was made on another one)
+        return self._run(arith, x, w, b)
 
 
 def use_auto(model: nn.Module, allow=ARITHMETICS, force: dict[str, str] | None = None,
-             bf16: bool | None = None) -> list[AutoConv]:
+             bf16: bool | None = None, int8: bool | None = None, tol: float = DEFAULT_TOL,
+             prefer: str | None = None) -> list[AutoConv]:
     """Let every ``nn.Conv2d`` of ``model`` choose its arithmetic (see the module docstring); in place.
 
-    ``allow``: the candidates besides fp32; ``force``: ``{layer name: arithmetic}`` overrides; ``bf16``: whether
-    the CPU has bf16 arithmetic (default: from its flags). Returns the per-layer switches."""
+    ``allow``: the candidates besides fp32; ``force``: ``{layer name: arithmetic}`` overrides; ``bf16`` /
+    ``int8``: whether the CPU has bf16 arithmetic / this torch has oneDNN's quantised convolution (default:
+    from the CPU's flags / tried); ``tol``: the lossy candidates' tolerance; ``prefer``: one arithmetic taken
+    wherever it is a candidate, without timing (an override). Returns the per-layer switches."""
     unknown = set(allow) - set(ARITHMETICS) or {a for a in (force or {}).values() if a not in ARITHMETICS}
+    if prefer is not None and prefer not in ARITHMETICS:
+        unknown = {prefer}
     if unknown:
         raise ZooError(f"unknown arithmetic {', '.join(sorted(unknown))}; choose from {', '.join(ARITHMETICS)}")
+    if not tol >= 0:
+        raise ZooError(f"the tolerance must be >= 0, got {tol}")
     force = dict(force or {})
     if bf16 is None:
         bf16 = bool(cpu_capabilities()["bf16"])
+    if int8 is None:
+        int8 = int8_available()
     switches = []
     for name, m in model.named_modules():
         if isinstance(m, nn.Conv2d) and not isinstance(m.__dict__.get("_conv_forward"), AutoConv):
-            m._conv_forward = AutoConv(m, name, tuple(allow), force.pop(name, None), bf16)  # state_dict unchanged
+            m._conv_forward = AutoConv(m, name, tuple(dict.fromkeys((*allow, *([prefer] if prefer else [])))),
+                                       force.pop(name, None), bf16, int8, tol, prefer)  # state_dict unchanged
             switches.append(m._conv_forward)
     if force:
         raise ZooError(f"force names no convolution of the model: {', '.join(sorted(force))}")
@@ -209,3 +324,38 @@ def report(model: nn.Module) -> list[dict]:
             for shape, c in switch.choice.items():
                 rows.append({"layer": switch.name, "shape": list(shape), **c})
     return rows
+
+
+CHOICES = ("reference", "auto", *ARITHMETICS)  # the CLI's --arith
+
+
+def apply(model: nn.Module, arith: str, *example) -> nn.Module:
+    """The model a CLI's ``--arith`` asks for: ``reference`` = ``model`` as built; otherwise a BN-folded
+    channels_last copy (:func:`zoo.fuse.optimize_for_inference`, on ``example``) whose convolutions choose
+    their arithmetic: ``auto`` by timing (every candidate, within :data:`DEFAULT_TOL`), a named one
+    (``fp32``, ``winograd``, ``bf16``, ``int8``) wherever the layer and its input allow it, fp32 elsewhere."""
+    if arith not in CHOICES:
+        raise ZooError(f"unknown --arith {arith!r}; choose from {', '.join(CHOICES)}")
+    if arith == "reference":
+        return model
+    device = next(model.parameters()).device
+    if device.type != "cpu":
+        raise ZooError(f"--arith {arith} chooses CPU arithmetic; the model is on {device} (pass --device cpu)")
+    from .fuse import optimize_for_inference
+
+    fast = optimize_for_inference(model, *example, channels_last=arith != "winograd", winograd=False)
+    use_auto(fast, prefer=None if arith == "auto" else arith)
+    return fast
+
+
+def summary(model: nn.Module, arith: str) -> str:
+    """One line: which arithmetic the convolutions took (after a forward), e.g.
+    ``arithmetic (--arith int8): int8 52, fp32 1 of 53 convolution shapes``."""
+    from collections import Counter
+
+    rows = report(model)
+    if arith == "reference" or not rows:
+        return f"arithmetic (--arith {arith}): the model as built, fp32"
+    n = Counter(r["arith"] for r in rows)
+    return (f"arithmetic (--arith {arith}): " + ", ".join(f"{a} {n[a]}" for a in sorted(n, key=n.get, reverse=True))
+            + f" of {len(rows)} (convolution, input shape) pairs")

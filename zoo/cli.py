@@ -1,7 +1,7 @@
 """The ``zoo`` command line.
 
     zoo list [--task TASK]            zoo info NAME            zoo download NAME
-    zoo profile NAME [options]        zoo VERB MODEL [options]  zoo bench TASK [options]
+    zoo profile NAME [options]        zoo VERB MODEL [options]  zoo bench [TASK] [options]
 
 ``list``, ``info`` and ``download`` belong to the zoo. Every other verb belongs to the tasks (see
 :mod:`zoo.plugin`): the zoo finds the model's (or, for ``bench``, the named) task first and then parses the
@@ -212,12 +212,27 @@ def _verb_usage(verb: str, by_task: dict[str, plugin.Verb]) -> str:
     target = "TASK" if verb == "bench" else "MODEL"
     lines = [f"usage: zoo {verb} {target} [options]", "", _VERB_HELP.get(verb, verb) + ", for:"]
     lines += [f"  {task:<14}{v.help}" for task, v in sorted(by_task.items())]
+    if verb == "bench":
+        lines += ["", "zoo bench [--json | --markdown [--write README.md]] [--size quick|tiny]: every task's demo "
+                  "model, one table"]
     lines += ["", f"`zoo {verb} {target} --help` shows the options of that {'task' if verb == 'bench' else 'model'}'s task"
               + ("" if verb == "bench" else "; `zoo list` names the models")]
     return "\n".join(lines)
 
 
+def run_bench_all(argv: list[str]) -> None:
+    """``zoo bench [options]``: every task's quick summary in one table (:mod:`zoo.bench`)."""
+    from . import bench
+
+    parser = _parser("zoo bench", "every task's demo model at a quick size, one table across the zoo "
+                                  "(`zoo bench TASK` runs one task's full suite)")
+    bench.add_arguments(parser)
+    bench.main(parser.parse_args(argv))
+
+
 def run_verb(verb: str, argv: list[str], by_task: dict[str, plugin.Verb]) -> None:
+    if verb == "bench" and (not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
+        return run_bench_all(argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(_verb_usage(verb, by_task))
         if not argv:

@@ -11,7 +11,8 @@ and ``zoo list`` stay fast) at:
   task's models and the task's own ``zoo profile`` options.
 
 The bench suite of a task is the module ``benchmarks/<name>.py`` exposing ``VERB = Verb(...)``, found by
-the task's name. Adding a task touches only its folder, its tests, its manifest entries and its bench module.
+the task's name; its ``summary(size)`` (optional) gives the task's row of ``zoo bench`` with no task
+(:mod:`zoo.bench`). Adding a task touches only its folder, its tests, its manifest entries and its bench module.
 
 This module is a leaf: it imports nothing from the zoo's tasks, models or torch.
 """
@@ -77,6 +78,15 @@ class Task:
         except ModuleNotFoundError:  # no benchmarks package installed
             found = False
         return getattr(importlib.import_module(module), "VERB", None) if found else None
+
+    def bench_summary(self) -> Callable | None:
+        """``summary(size)`` of the task's bench module: its row of ``zoo bench`` (:mod:`zoo.bench`), or None."""
+        module = f"benchmarks.{self.name}"
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:
+            found = False
+        return getattr(importlib.import_module(module), "summary", None) if found else None
 
 
 _TASKS: dict[str, Task] | None = None

@@ -20,6 +20,7 @@ from zoo.errors import ZooError
 from zoo.plugin import Profiling, Verb
 
 DEFAULT_IMGSZ = 640
+ARITH_CHOICES = ("reference", "auto", "fp32", "winograd", "bf16", "int8")  # zoo.arith.CHOICES (no torch import here)
 
 
 def _add_model_options(parser: argparse.ArgumentParser, weights_help: str) -> None:
@@ -27,6 +28,10 @@ def _add_model_options(parser: argparse.ArgumentParser, weights_help: str) -> No
     parser.add_argument("--weights", default=None, metavar="PATH", help=weights_help)
     parser.add_argument("--mode", choices=("integer", "spike"), default="integer", help="integer counts (default) or spike-driven events")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    parser.add_argument("--arith", default="reference", choices=ARITH_CHOICES, metavar="ARITH",
+                        help="CPU arithmetic of the convolutions: reference (default: the model as built), auto "
+                             "(per layer, timed, within the lossy tolerance), or one of fp32, winograd, bf16, int8 "
+                             "wherever it applies (BN folded first; see zoo.arith)")
 
 
 _RELEASED = "weights file: an official checkpoint as downloaded or the zoo's safetensors (default: the released weights)"
@@ -60,15 +65,34 @@ def _imgsz(args, name: str) -> int:
     return int(size[-1]) if len(size) >= 2 else DEFAULT_IMGSZ
 
 
-def _load_model(args):
+def _load_model(args, imgsz: int | None = None):
+    """The model the options ask for; with ``--arith`` other than reference, BN folded and each convolution on
+    the arithmetic asked for (:func:`zoo.arith.apply`, on a ``imgsz`` example)."""
     import zoo
     from zoo import registry
 
+    arith = getattr(args, "arith", "reference")
+    if arith != "reference" and args.mode != "integer":
+        raise ZooError(f"--arith {arith} runs the integer-mode convolutions on counts; drop --mode {args.mode}")
     device = options.device(args.device)
     if args.weights is None and registry.info(args.target).weights is None:
         raise ZooError(f"{args.target} has no released weights; pass --weights PATH")
-    return zoo.load(args.target, pretrained=args.weights is None, weights=args.weights,
-                    mode=args.mode, device=device)
+    model = zoo.load(args.target, pretrained=args.weights is None, weights=args.weights,
+                     mode=args.mode, device=device)
+    if arith == "reference":
+        return model
+    import torch
+
+    from zoo.arith import apply
+
+    size = imgsz or _imgsz(args, args.target)
+    return apply(model, arith, torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0), device=device))
+
+
+def _arith_report(args, model) -> tuple[str, list]:
+    from zoo.arith import report, summary
+
+    return summary(model, args.arith), report(model)
 
 
 def _energy_line(profile) -> str:
@@ -83,10 +107,12 @@ def run_predict(args) -> None:
     from .predict import predict
 
     imgsz = _imgsz(args, args.target)
-    model = _load_model(args)
+    model = _load_model(args, imgsz)
     res = predict(model, args.sources, args.out, conf=args.conf, iou=args.iou, imgsz=imgsz)
+    line, layers = _arith_report(args, model)
     if args.json:
-        print(json.dumps({"name": args.target, "mode": args.mode, "imgsz": imgsz, **res.to_dict()}, indent=2))
+        print(json.dumps({"name": args.target, "mode": args.mode, "imgsz": imgsz, **res.to_dict(),
+                          "arith": {"asked": args.arith, "layers": layers}}, indent=2))
         return
     for im in res.images:
         counts: dict[str, int] = {}
@@ -95,6 +121,7 @@ def run_predict(args) -> None:
         found = ", ".join(f"{n} {c}" for c, n in counts.items()) or "nothing"
         print(f"{im['file']} ({im['width']}x{im['height']}): {found} -> {im['annotated']}")
     print("\n".join(res.report()))
+    print(line)
     if res.profile is not None:
         print(_energy_line(res.profile))
     print(f"detections written to {res.json_path}")
@@ -110,9 +137,10 @@ def run_eval(args) -> None:
         raise ZooError(f"--batch must be positive, got {batch}")
     imgsz = _imgsz(args, args.target)
     dataset = load_dataset(args.data)
-    model = _load_model(args)
+    model = _load_model(args, imgsz)
     res = evaluate(model, dataset, imgsz=imgsz, batch_size=batch, max_images=args.max_images,
                    progress=not args.json)
+    line, layers = _arith_report(args, model)
     if args.save_json:
         ids = getattr(dataset, "category_ids", None)
         if ids is None and res.nc == len(COCO80_TO_COCO91):
@@ -123,7 +151,8 @@ def run_eval(args) -> None:
         except OSError as e:
             raise ZooError(f"cannot write {args.save_json} ({e})") from None
     if args.json:
-        print(json.dumps({"name": args.target, "data": str(args.data), "mode": args.mode, **res.to_dict(),
+        print(json.dumps({"name": args.target, "data": str(args.data), "mode": args.mode,
+                          "arith": {"asked": args.arith, "layers": layers}, **res.to_dict(),
                           "boxes_dropped": getattr(dataset, "dropped", 0), "boxes_clipped": getattr(dataset, "clipped", 0)},
                          indent=2))
         return
@@ -131,6 +160,7 @@ def run_eval(args) -> None:
     if getattr(dataset, "box_summary", None) and dataset.box_summary():
         print(dataset.box_summary())
     print(f"mAP@50 {res.map50 * 100:.2f}  mAP@50:95 {res.map50_95 * 100:.2f}  (pycocotools, against {res.ground_truth})")
+    print(line)
     if res.energy_mj is not None:
         fr = res.firing_rate
         print(f"energy (first image): firing rate {'-' if fr is None else f'{fr:.4f}'}, {res.energy_mj:.4f} mJ")

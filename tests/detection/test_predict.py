@@ -233,3 +233,36 @@ def test_zoo_predict_errors(detection_cli, tmp_path, capsys):
         assert zoo.cli.main(argv) == 2
         err = capsys.readouterr().err
         assert match in err and err.startswith("zoo: error:") and err.count("\n") == 1, err
+
+
+def test_predict_with_arith_override(tmp_path, capsys):
+    """`zoo predict --arith`: the demo detector with each convolution on the arithmetic asked for (fp32 where
+    it cannot apply), reported. On the bundled image the exact arithmetics find the same objects as the model as
+    built; all-int8 (lossy weights everywhere, no tolerance: the override) still finds every one of them."""
+    from collections import Counter
+    from pathlib import Path
+
+    from zoo import arith
+
+    image = str(Path(__file__).resolve().parents[2] / "weights" / "demo" / "shapes.jpg")
+    found = {}
+    for choice in ("reference", "winograd", "int8" if arith.int8_available() else "fp32"):
+        out = tmp_path / choice
+        assert zoo.cli.main(["predict", "spikeyolo-tiny-shapes", image, "--out", str(out), "--arith", choice,
+                             "--json"]) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert report["arith"]["asked"] == choice
+        layers = report["arith"]["layers"]
+        if choice == "reference":
+            assert layers == []
+        else:
+            taken = {r["arith"] for r in layers}
+            assert taken <= {choice, "fp32"} and choice in taken
+            assert all("override" in r["why"] or "not possible" in r["why"] for r in layers)
+        found[choice] = sorted(d["class_name"] for d in report["images"][0]["detections"])
+    assert found["winograd"] == found["reference"] and len(found["reference"]) == 5, found
+    assert not Counter(found["reference"]) - Counter(found.get("int8", found["reference"])), found
+    assert zoo.cli.main(["predict", "spikeyolo-tiny-shapes", image, "--out", str(tmp_path / "s"), "--arith", "fp32"]) == 0
+    assert "arithmetic (--arith fp32): fp32 " in capsys.readouterr().out
+    assert zoo.cli.main(["predict", "spikeyolo-tiny-shapes", image, "--arith", "int8", "--mode", "spike"]) == 2
+    assert zoo.cli.main(["predict", "spikeyolo-tiny-shapes", image, "--arith", "fp16"]) == 2
