@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -80,29 +81,83 @@ def worker(path: str, name: str, imgsz: int, repeats: int, warmup: int, threads:
             "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
+def _official_args(official: str, official_config: str | None):
+    """The checkout's Segmentation/ folder and the config to build, checked before anything is timed."""
+    from .segmentation_official import default_config, segmentation_root
+
+    root = segmentation_root(official)
+    if root is None:
+        raise ZooError(f"--official {official}: not a BICLab/Spike2Former checkout (expected Segmentation/ with "
+                       "mmseg, mmdet and Qtrick_architecture); clone github.com/BICLab/Spike2Former")
+    config = Path(official_config) if official_config else default_config(root)
+    if config is None or not config.is_file():
+        raise ZooError(f"--official-config {official_config or '(default)'}: no such config in {root}; name the "
+                       "model's config file")
+    return root, config
+
+
+def _spawn(cmd: list[str], label: str) -> dict:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode:
+        raise ZooError(f"benchmark path {label} failed: {proc.stderr.strip().splitlines()[-1:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def run(name: str = "spike2former-ade20k", imgsz: int = 512, repeats: int = 1, warmup: int = 1,
-        threads: int = 2) -> dict:
+        threads: int = 2, rounds: int = 1, official: str | None = None, official_python: str | None = None,
+        official_config: str | None = None) -> dict:
+    """Time the paths (and, given ``official``, the official code) in turn, ``rounds`` times, each in a fresh
+    process; a path's time is the median of all its timed forwards."""
     import torch
 
+    paths = (("official",) if official else ()) + PATHS
+    if official:
+        root, config = _official_args(official, official_config)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for i, path in enumerate(PATHS, 1):
-            progress(f"[{i}/{len(PATHS)}] timing path {path} ({name}, {imgsz}x{imgsz}, {warmup} warm-up + {repeats} "
-                     f"forwards, {threads} threads, own process)")
-            out = str(Path(tmp) / f"{path}.pt")
-            cmd = [sys.executable, "-c", "import json; from benchmarks.segmentation import worker; "
-                   f"print(json.dumps(worker({path!r}, {name!r}, {imgsz}, {repeats}, {warmup}, {threads}, {out!r})))"]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            if proc.returncode:
-                raise ZooError(f"benchmark path {path} failed: {proc.stderr.strip().splitlines()[-1:]}")
-            results[path] = json.loads(proc.stdout.strip().splitlines()[-1])
-        ref = torch.load(Path(tmp) / "reference.pt")
-        fast = torch.load(Path(tmp) / "fast.pt")
+        if official:  # the zoo's weights, exactly as the zoo workers draw them, for the official model
+            import zoo
+
+            torch.manual_seed(0)
+            state = Path(tmp) / "state.pt"
+            torch.save(firing_weights(zoo.load(name, pretrained=False)).state_dict(), state)
+        for r in range(rounds):
+            for i, path in enumerate(paths, 1):
+                progress(f"round {r + 1}/{rounds}, [{i}/{len(paths)}] timing path {path} ({name}, {imgsz}x{imgsz}, "
+                         f"{warmup} warm-up + {repeats} forwards, {threads} threads, own process)")
+                out = str(Path(tmp) / f"{path}.pt")
+                if path == "official":
+                    cmd = [official_python or sys.executable, str(Path(__file__).with_name("segmentation_official.py")),
+                           "--checkout", str(root), "--config", str(config), "--state", str(state),
+                           "--imgsz", str(imgsz), "--repeats", str(repeats), "--warmup", str(warmup),
+                           "--threads", str(threads), "--out", out]
+                else:
+                    cmd = [sys.executable, "-c", "import json; from benchmarks.segmentation import worker; "
+                           f"print(json.dumps(worker({path!r}, {name!r}, {imgsz}, {repeats}, {warmup}, {threads}, "
+                           f"{out!r})))"]
+                got = _spawn(cmd, path)
+                if path in results:
+                    got["times_s"] = results[path]["times_s"] + got["times_s"]
+                    got["peak_mb"] = max(got["peak_mb"], results[path]["peak_mb"])
+                    got["ms"] = statistics.median(got["times_s"]) * 1e3
+                results[path] = got
+        logits = {p: torch.load(Path(tmp) / f"{p}.pt") for p in paths}
     for r in results.values():
         r["speedup"] = results["reference"]["ms"] / r["ms"]
-    diff = float((fast - ref).abs().max() / ref.abs().max())
-    return {"model": name, "imgsz": imgsz, "repeats": repeats, "warmup": warmup, "threads": threads,
-            "paths": results, "fast_max_rel_diff": diff}
+    ref = logits["reference"]
+
+    def rel(a, b):
+        return float((a - b).abs().max() / b.abs().max())
+
+    report = {"model": name, "imgsz": imgsz, "repeats": repeats, "warmup": warmup, "threads": threads,
+              "rounds": rounds, "paths": results, "fast_max_rel_diff": rel(logits["fast"], ref)}
+    if official:
+        report["official_config"] = str(config)
+        report["reference_vs_official_max_rel_diff"] = rel(ref, logits["official"])
+        report["fast_vs_official_max_rel_diff"] = rel(logits["fast"], logits["official"])
+        report["official_over"] = {p: results["official"]["ms"] / results[p]["ms"] for p in PATHS}
+    return report
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -111,25 +166,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=1, metavar="N", help="timed forwards per path (default 1)")
     parser.add_argument("--warmup", type=int, default=1, metavar="N", help="untimed forwards first (default 1)")
     parser.add_argument("--threads", type=int, default=2, metavar="N", help="CPU threads (default 2)")
+    parser.add_argument("--rounds", type=int, default=1, metavar="N",
+                        help="time the paths in turn N times, each time in fresh processes (default 1)")
+    parser.add_argument("--official", metavar="PATH",
+                        help="also time the official code from your own BICLab/Spike2Former checkout (its own process)")
+    parser.add_argument("--official-python", metavar="PY",
+                        help="Python for --official, with mmcv-lite 2.0.1, mmengine 0.8.4, spikingjelly 0.0.0.0.14 "
+                             "(default: this one)")
+    parser.add_argument("--official-config", metavar="FILE",
+                        help="official config to build (default: the ADE20K SDTv2 one in the checkout)")
 
 
 def run_bench(args) -> None:
-    for flag in ("imgsz", "repeats", "threads"):
+    for flag in ("imgsz", "repeats", "threads", "rounds"):
         if getattr(args, flag) <= 0:
             raise ZooError(f"--{flag} must be positive, got {getattr(args, flag)}")
-    report = run(args.model, args.imgsz, args.repeats, max(args.warmup, 0), args.threads)
+    report = run(args.model, args.imgsz, args.repeats, max(args.warmup, 0), args.threads, args.rounds,
+                 args.official, args.official_python, args.official_config)
     if args.json:
         print(json.dumps(report, indent=2))
         return
     from zoo.table import text
 
-    rows = [{"path": p, "speedup": f"{r['speedup']:.2f}x", "peak memory": f"{r['peak_mb']:.0f} MB"}
-            for p, r in report["paths"].items()]
+    rows = [{"path": p, "s per forward": f"{r['ms'] / 1e3:.2f}", "speedup": f"{r['speedup']:.2f}x",
+             "peak memory": f"{r['peak_mb']:.0f} MB"} for p, r in report["paths"].items()]
     print(f"{report['model']}, batch 1, {report['imgsz']}x{report['imgsz']}, {report['threads']} threads, median of "
-          f"{report['repeats']} forward(s) after {report['warmup']} warm-up, each path in its own process "
-          "(speedup = reference time / path time)")
-    print(text(rows, ["path", "speedup", "peak memory"]))
+          f"{report['rounds']} x {report['repeats']} forward(s), each after {report['warmup']} warm-up in its own "
+          "process, paths in turn (speedup = reference time / path time)")
+    print(text(rows, ["path", "s per forward", "speedup", "peak memory"]))
     print(f"fast vs reference logits: largest difference {report['fast_max_rel_diff']:.2e} of the largest logit")
+    if "official_over" in report:
+        o = report["official_over"]
+        print(f"official code: {report['paths']['official']['ms'] / 1e3:.2f} s per forward, "
+              f"{report['paths']['official']['peak_mb']:.0f} MB; official time / reference time = {o['reference']:.2f}, "
+              f"official time / fast time = {o['fast']:.2f}; logits vs official (of the largest official logit): "
+              f"reference {report['reference_vs_official_max_rel_diff']:.2e}, "
+              f"fast {report['fast_vs_official_max_rel_diff']:.2e}")
 
 
 VERB = Verb("Spike2Former inference paths side by side (reference = the official computation), as speed ratios",
