@@ -68,16 +68,17 @@ def worker(path: str, name: str, imgsz: int, repeats: int, warmup: int, threads:
     if path == "fast":
         optimize(model)
     x = torch.randn(1, 3, imgsz, imgsz, generator=torch.Generator().manual_seed(1))
-    times = []
+    times, cpu = [], []
     with torch.no_grad():
         for _ in range(warmup):
             model(x)
         for _ in range(repeats):
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             y = model(x)
             times.append(time.perf_counter() - t)
+            cpu.append(time.process_time() - c)
     torch.save(y, out)
-    return {"path": path, "ms": statistics.median(times) * 1e3, "times_s": times,
+    return {"path": path, "ms": statistics.median(times) * 1e3, "times_s": times, "cpu_s": cpu,
             "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
@@ -98,10 +99,13 @@ def _official_args(official: str, official_config: str | None):
 
 def _spawn(cmd: list[str], label: str) -> dict:
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    load = os.getloadavg()[0]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode:
         raise ZooError(f"benchmark path {label} failed: {proc.stderr.strip().splitlines()[-1:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    got["load_1min"] = [load, os.getloadavg()[0]]  # before and after: other jobs on the machine skew the times
+    return got
 
 
 def run(name: str = "spike2former-ade20k", imgsz: int = 512, repeats: int = 1, warmup: int = 1,
@@ -139,12 +143,16 @@ def run(name: str = "spike2former-ade20k", imgsz: int = 512, repeats: int = 1, w
                 got = _spawn(cmd, path)
                 if path in results:
                     got["times_s"] = results[path]["times_s"] + got["times_s"]
+                    got["cpu_s"] = results[path]["cpu_s"] + got["cpu_s"]
                     got["peak_mb"] = max(got["peak_mb"], results[path]["peak_mb"])
                     got["ms"] = statistics.median(got["times_s"]) * 1e3
+                    got["load_1min"] = results[path]["load_1min"] + got["load_1min"]
                 results[path] = got
         logits = {p: torch.load(Path(tmp) / f"{p}.pt") for p in paths}
     for r in results.values():
+        r["cpu_ms"] = statistics.median(r["cpu_s"]) * 1e3
         r["speedup"] = results["reference"]["ms"] / r["ms"]
+        r["cpu_speedup"] = results["reference"]["cpu_ms"] / r["cpu_ms"]
     ref = logits["reference"]
 
     def rel(a, b):
@@ -157,6 +165,7 @@ def run(name: str = "spike2former-ade20k", imgsz: int = 512, repeats: int = 1, w
         report["reference_vs_official_max_rel_diff"] = rel(ref, logits["official"])
         report["fast_vs_official_max_rel_diff"] = rel(logits["fast"], logits["official"])
         report["official_over"] = {p: results["official"]["ms"] / results[p]["ms"] for p in PATHS}
+        report["official_over_cpu"] = {p: results["official"]["cpu_ms"] / results[p]["cpu_ms"] for p in PATHS}
     return report
 
 
@@ -189,17 +198,21 @@ def run_bench(args) -> None:
     from zoo.table import text
 
     rows = [{"path": p, "s per forward": f"{r['ms'] / 1e3:.2f}", "speedup": f"{r['speedup']:.2f}x",
-             "peak memory": f"{r['peak_mb']:.0f} MB"} for p, r in report["paths"].items()]
+             "CPU s": f"{r['cpu_ms'] / 1e3:.2f}", "CPU speedup": f"{r['cpu_speedup']:.2f}x",
+             "peak memory": f"{r['peak_mb']:.0f} MB", "load before/after": "/".join(f"{v:.1f}" for v in r["load_1min"])}
+            for p, r in report["paths"].items()]
     print(f"{report['model']}, batch 1, {report['imgsz']}x{report['imgsz']}, {report['threads']} threads, median of "
           f"{report['rounds']} x {report['repeats']} forward(s), each after {report['warmup']} warm-up in its own "
-          "process, paths in turn (speedup = reference time / path time)")
-    print(text(rows, ["path", "s per forward", "speedup", "peak memory"]))
+          "process, paths in turn (speedup = reference time / path time; CPU = process CPU time, less skewed than the "
+          "wall time when other jobs share the cores)")
+    print(text(rows, ["path", "s per forward", "speedup", "CPU s", "CPU speedup", "peak memory", "load before/after"]))
     print(f"fast vs reference logits: largest difference {report['fast_max_rel_diff']:.2e} of the largest logit")
     if "official_over" in report:
         o = report["official_over"]
         print(f"official code: {report['paths']['official']['ms'] / 1e3:.2f} s per forward, "
               f"{report['paths']['official']['peak_mb']:.0f} MB; official time / reference time = {o['reference']:.2f}, "
-              f"official time / fast time = {o['fast']:.2f}; logits vs official (of the largest official logit): "
+              f"official time / fast time = {o['fast']:.2f} (CPU time: {report['official_over_cpu']['reference']:.2f}, "
+              f"{report['official_over_cpu']['fast']:.2f}); logits vs official (of the largest official logit): "
               f"reference {report['reference_vs_official_max_rel_diff']:.2e}, "
               f"fast {report['fast_vs_official_max_rel_diff']:.2e}")
 
