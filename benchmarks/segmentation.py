@@ -151,6 +151,7 @@ def run(name: str = "spike2former-ade20k", imgsz: int = 512, repeats: int = 1, w
         logits = {p: torch.load(Path(tmp) / f"{p}.pt") for p in paths}
     for r in results.values():
         r["cpu_ms"] = statistics.median(r["cpu_s"]) * 1e3
+    for r in results.values():
         r["speedup"] = results["reference"]["ms"] / r["ms"]
         r["cpu_speedup"] = results["reference"]["cpu_ms"] / r["cpu_ms"]
     ref = logits["reference"]
