@@ -9,9 +9,26 @@ input, batch 1, ``--threads`` CPU threads (default 2):
   the decoder attention as ``(q k^T) v``, DCNv3's pure-PyTorch ``grid_sample`` core;
 * ``fast``: :func:`tasks.segmentation.fast.optimize` (one time step, the last layer's masks, ``q (k^T v)``).
 
-Reported: the speed-up (reference time / path time; medians of ``--repeats`` forwards after ``--warmup``), peak
-resident memory of each process, and the largest difference of the fast logits from the reference ones
-(relative to the largest reference logit).
+Reported: the speed-up (reference time / path time; medians of ``--repeats`` forwards after ``--warmup``), the
+same on process CPU time, peak resident memory of each process, the 1-minute load average before and after each
+path, and the largest difference of the fast logits from the reference ones (relative to the largest reference
+logit). ``--rounds N`` times the paths in turn N times (fresh processes each round), so that load from other jobs
+falls on all of them.
+
+``--official PATH`` (a user's own BICLab/Spike2Former checkout; ``--official-python`` an interpreter with its
+pins) also times the official model in its own process, first in each round, on the zoo's weights
+(benchmarks/segmentation_official.py: import stand-ins for mmcv's compiled ops, no official code in the zoo), and
+prints official time / path time and the logits' difference from the official ones.
+
+Measured (2026-12-02, the project's shared 2-core AMD EPYC VM, avx2/fma, no avx512, torch 2.14.1, with other jobs
+running: load average 3-10; spike2former-ade20k, 512x512, batch 1, official snapshot f743860, config
+SDTv2_maskformer_DCNpixelDecoder_ade20k.py): reference and fast logits are bitwise equal to the official ones.
+With 1 thread (one forward each after a warm-up, CPU time): official 8.2 s, reference 30.3 s, fast 5.6 s, so
+official / fast = 1.46 and official / reference = 0.27 (wall: 12.5, 60.6, 11.4 s; 1.09 and 0.21); peak memory
+official 2.9 GB, reference 5.8 GB, fast 1.5 GB. So the reference path computes what the official code does but
+is about 4x slower than it, and ratios against the reference overstate the gain over the official code. With 2
+threads the wall times swung 3-6x with the load (official 22-70 s, reference 22-142 s, fast 3.2-49 s in two runs of
+two rounds) and gave no stable ratio.
 """
 
 from __future__ import annotations
