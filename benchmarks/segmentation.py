@@ -23,8 +23,9 @@ prints official time / path time and the logits' difference from the official on
 Measured (2026-12-02, the project's shared 2-core AMD EPYC VM, avx2/fma, no avx512, torch 2.14.1, with other jobs
 running: load average 3-10; spike2former-ade20k, 512x512, batch 1, official snapshot f743860, config
 SDTv2_maskformer_DCNpixelDecoder_ade20k.py): reference and fast logits are bitwise equal to the official ones.
-With 1 thread (one forward each after a warm-up, CPU time): official 8.2 s, reference 30.3 s, fast 5.6 s, so
-official / fast = 1.46 and official / reference = 0.27 (wall: 12.5, 60.6, 11.4 s; 1.09 and 0.21); peak memory
+With 1 thread (two runs, one forward per path each after a warm-up; CPU time): official 8.2 / 7.8 s, reference
+30.3 / 30.9 s, fast 5.6 / 5.0 s, so official / fast = 1.46 / 1.57 and official / reference = 0.27 / 0.25 (wall:
+official 12.5 / 11.8 s, reference 60.6 / 46.5 s, fast 11.4 / 7.5 s; official / fast 1.09 / 1.56); peak memory
 official 2.9 GB, reference 5.8 GB, fast 1.5 GB. So the reference path computes what the official code does but
 is about 4x slower than it, and ratios against the reference overstate the gain over the official code. With 2
 threads the wall times swung 3-6x with the load (official 22-70 s, reference 22-142 s, fast 3.2-49 s in two runs of
