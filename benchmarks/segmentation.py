@@ -9,15 +9,34 @@ input, batch 1, ``--threads`` CPU threads (default 2):
   the decoder attention as ``(q k^T) v``, DCNv3's pure-PyTorch ``grid_sample`` core;
 * ``fast``: :func:`tasks.segmentation.fast.optimize` (one time step, the last layer's masks, ``q (k^T v)``).
 
-Reported: the speed-up (reference time / path time; medians of ``--repeats`` forwards after ``--warmup``), peak
-resident memory of each process, and the largest difference of the fast logits from the reference ones
-(relative to the largest reference logit).
+Reported: the speed-up (reference time / path time; medians of ``--repeats`` forwards after ``--warmup``), the
+same on process CPU time, peak resident memory of each process, the 1-minute load average before and after each
+path, and the largest difference of the fast logits from the reference ones (relative to the largest reference
+logit). ``--rounds N`` times the paths in turn N times (fresh processes each round), so that load from other jobs
+falls on all of them.
+
+``--official PATH`` (a user's own BICLab/Spike2Former checkout; ``--official-python`` an interpreter with its
+pins) also times the official model in its own process, first in each round, on the zoo's weights
+(benchmarks/segmentation_official.py: import stand-ins for mmcv's compiled ops, no official code in the zoo), and
+prints official time / path time and the logits' difference from the official ones.
+
+Measured (2026-12-02, the project's shared 2-core AMD EPYC VM, avx2/fma, no avx512, torch 2.14.1, with other jobs
+running: load average 3-10; spike2former-ade20k, 512x512, batch 1, official snapshot f743860, config
+SDTv2_maskformer_DCNpixelDecoder_ade20k.py): reference and fast logits are bitwise equal to the official ones.
+With 1 thread (two runs, one forward per path each after a warm-up; CPU time): official 8.2 / 7.8 s, reference
+30.3 / 30.9 s, fast 5.6 / 5.0 s, so official / fast = 1.46 / 1.57 and official / reference = 0.27 / 0.25 (wall:
+official 12.5 / 11.8 s, reference 60.6 / 46.5 s, fast 11.4 / 7.5 s; official / fast 1.09 / 1.56); peak memory
+official 2.9 GB, reference 5.8 GB, fast 1.5 GB. So the reference path computes what the official code does but
+is about 4x slower than it, and ratios against the reference overstate the gain over the official code. With 2
+threads the wall times swung 3-6x with the load (official 22-70 s, reference 22-142 s, fast 3.2-49 s in two runs of
+two rounds) and gave no stable ratio.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -67,42 +86,106 @@ def worker(path: str, name: str, imgsz: int, repeats: int, warmup: int, threads:
     if path == "fast":
         optimize(model)
     x = torch.randn(1, 3, imgsz, imgsz, generator=torch.Generator().manual_seed(1))
-    times = []
+    times, cpu = [], []
     with torch.no_grad():
         for _ in range(warmup):
             model(x)
         for _ in range(repeats):
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             y = model(x)
             times.append(time.perf_counter() - t)
+            cpu.append(time.process_time() - c)
     torch.save(y, out)
-    return {"path": path, "ms": statistics.median(times) * 1e3, "times_s": times,
+    return {"path": path, "ms": statistics.median(times) * 1e3, "times_s": times, "cpu_s": cpu,
             "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
+def _official_args(official: str, official_config: str | None):
+    """The checkout's Segmentation/ folder and the config to build, checked before anything is timed."""
+    from .segmentation_official import default_config, segmentation_root
+
+    root = segmentation_root(official)
+    if root is None:
+        raise ZooError(f"--official {official}: not a BICLab/Spike2Former checkout (expected Segmentation/ with "
+                       "mmseg, mmdet and Qtrick_architecture); clone github.com/BICLab/Spike2Former")
+    config = Path(official_config) if official_config else default_config(root)
+    if config is None or not config.is_file():
+        raise ZooError(f"--official-config {official_config or '(default)'}: no such config in {root}; name the "
+                       "model's config file")
+    return root, config
+
+
+def _spawn(cmd: list[str], label: str) -> dict:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    load = os.getloadavg()[0]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode:
+        raise ZooError(f"benchmark path {label} failed: {proc.stderr.strip().splitlines()[-1:]}")
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    got["load_1min"] = [load, os.getloadavg()[0]]  # before and after: other jobs on the machine skew the times
+    return got
+
+
 def run(name: str = "spike2former-ade20k", imgsz: int = 512, repeats: int = 1, warmup: int = 1,
-        threads: int = 2) -> dict:
+        threads: int = 2, rounds: int = 1, official: str | None = None, official_python: str | None = None,
+        official_config: str | None = None) -> dict:
+    """Time the paths (and, given ``official``, the official code) in turn, ``rounds`` times, each in a fresh
+    process; a path's time is the median of all its timed forwards."""
     import torch
 
+    paths = (("official",) if official else ()) + PATHS
+    if official:
+        root, config = _official_args(official, official_config)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for i, path in enumerate(PATHS, 1):
-            progress(f"[{i}/{len(PATHS)}] timing path {path} ({name}, {imgsz}x{imgsz}, {warmup} warm-up + {repeats} "
-                     f"forwards, {threads} threads, own process)")
-            out = str(Path(tmp) / f"{path}.pt")
-            cmd = [sys.executable, "-c", "import json; from benchmarks.segmentation import worker; "
-                   f"print(json.dumps(worker({path!r}, {name!r}, {imgsz}, {repeats}, {warmup}, {threads}, {out!r})))"]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            if proc.returncode:
-                raise ZooError(f"benchmark path {path} failed: {proc.stderr.strip().splitlines()[-1:]}")
-            results[path] = json.loads(proc.stdout.strip().splitlines()[-1])
-        ref = torch.load(Path(tmp) / "reference.pt")
-        fast = torch.load(Path(tmp) / "fast.pt")
+        if official:  # the zoo's weights, exactly as the zoo workers draw them, for the official model
+            import zoo
+
+            torch.manual_seed(0)
+            state = Path(tmp) / "state.pt"
+            torch.save(firing_weights(zoo.load(name, pretrained=False)).state_dict(), state)
+        for r in range(rounds):
+            for i, path in enumerate(paths, 1):
+                progress(f"round {r + 1}/{rounds}, [{i}/{len(paths)}] timing path {path} ({name}, {imgsz}x{imgsz}, "
+                         f"{warmup} warm-up + {repeats} forwards, {threads} threads, own process)")
+                out = str(Path(tmp) / f"{path}.pt")
+                if path == "official":
+                    cmd = [official_python or sys.executable, str(Path(__file__).with_name("segmentation_official.py")),
+                           "--checkout", str(root), "--config", str(config), "--state", str(state),
+                           "--imgsz", str(imgsz), "--repeats", str(repeats), "--warmup", str(warmup),
+                           "--threads", str(threads), "--out", out]
+                else:
+                    cmd = [sys.executable, "-c", "import json; from benchmarks.segmentation import worker; "
+                           f"print(json.dumps(worker({path!r}, {name!r}, {imgsz}, {repeats}, {warmup}, {threads}, "
+                           f"{out!r})))"]
+                got = _spawn(cmd, path)
+                if path in results:
+                    got["times_s"] = results[path]["times_s"] + got["times_s"]
+                    got["cpu_s"] = results[path]["cpu_s"] + got["cpu_s"]
+                    got["peak_mb"] = max(got["peak_mb"], results[path]["peak_mb"])
+                    got["ms"] = statistics.median(got["times_s"]) * 1e3
+                    got["load_1min"] = results[path]["load_1min"] + got["load_1min"]
+                results[path] = got
+        logits = {p: torch.load(Path(tmp) / f"{p}.pt") for p in paths}
+    for r in results.values():
+        r["cpu_ms"] = statistics.median(r["cpu_s"]) * 1e3
     for r in results.values():
         r["speedup"] = results["reference"]["ms"] / r["ms"]
-    diff = float((fast - ref).abs().max() / ref.abs().max())
-    return {"model": name, "imgsz": imgsz, "repeats": repeats, "warmup": warmup, "threads": threads,
-            "paths": results, "fast_max_rel_diff": diff}
+        r["cpu_speedup"] = results["reference"]["cpu_ms"] / r["cpu_ms"]
+    ref = logits["reference"]
+
+    def rel(a, b):
+        return float((a - b).abs().max() / b.abs().max())
+
+    report = {"model": name, "imgsz": imgsz, "repeats": repeats, "warmup": warmup, "threads": threads,
+              "rounds": rounds, "paths": results, "fast_max_rel_diff": rel(logits["fast"], ref)}
+    if official:
+        report["official_config"] = str(config)
+        report["reference_vs_official_max_rel_diff"] = rel(ref, logits["official"])
+        report["fast_vs_official_max_rel_diff"] = rel(logits["fast"], logits["official"])
+        report["official_over"] = {p: results["official"]["ms"] / results[p]["ms"] for p in PATHS}
+        report["official_over_cpu"] = {p: results["official"]["cpu_ms"] / results[p]["cpu_ms"] for p in PATHS}
+    return report
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -111,25 +194,46 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=1, metavar="N", help="timed forwards per path (default 1)")
     parser.add_argument("--warmup", type=int, default=1, metavar="N", help="untimed forwards first (default 1)")
     parser.add_argument("--threads", type=int, default=2, metavar="N", help="CPU threads (default 2)")
+    parser.add_argument("--rounds", type=int, default=1, metavar="N",
+                        help="time the paths in turn N times, each time in fresh processes (default 1)")
+    parser.add_argument("--official", metavar="PATH",
+                        help="also time the official code from your own BICLab/Spike2Former checkout (its own process)")
+    parser.add_argument("--official-python", metavar="PY",
+                        help="Python for --official, with mmcv-lite 2.0.1, mmengine 0.8.4, spikingjelly 0.0.0.0.14 "
+                             "(default: this one)")
+    parser.add_argument("--official-config", metavar="FILE",
+                        help="official config to build (default: the ADE20K SDTv2 one in the checkout)")
 
 
 def run_bench(args) -> None:
-    for flag in ("imgsz", "repeats", "threads"):
+    for flag in ("imgsz", "repeats", "threads", "rounds"):
         if getattr(args, flag) <= 0:
             raise ZooError(f"--{flag} must be positive, got {getattr(args, flag)}")
-    report = run(args.model, args.imgsz, args.repeats, max(args.warmup, 0), args.threads)
+    report = run(args.model, args.imgsz, args.repeats, max(args.warmup, 0), args.threads, args.rounds,
+                 args.official, args.official_python, args.official_config)
     if args.json:
         print(json.dumps(report, indent=2))
         return
     from zoo.table import text
 
-    rows = [{"path": p, "speedup": f"{r['speedup']:.2f}x", "peak memory": f"{r['peak_mb']:.0f} MB"}
+    rows = [{"path": p, "s per forward": f"{r['ms'] / 1e3:.2f}", "speedup": f"{r['speedup']:.2f}x",
+             "CPU s": f"{r['cpu_ms'] / 1e3:.2f}", "CPU speedup": f"{r['cpu_speedup']:.2f}x",
+             "peak memory": f"{r['peak_mb']:.0f} MB", "load before/after": "/".join(f"{v:.1f}" for v in r["load_1min"])}
             for p, r in report["paths"].items()]
     print(f"{report['model']}, batch 1, {report['imgsz']}x{report['imgsz']}, {report['threads']} threads, median of "
-          f"{report['repeats']} forward(s) after {report['warmup']} warm-up, each path in its own process "
-          "(speedup = reference time / path time)")
-    print(text(rows, ["path", "speedup", "peak memory"]))
+          f"{report['rounds']} x {report['repeats']} forward(s), each after {report['warmup']} warm-up in its own "
+          "process, paths in turn (speedup = reference time / path time; CPU = process CPU time, less skewed than the "
+          "wall time when other jobs share the cores)")
+    print(text(rows, ["path", "s per forward", "speedup", "CPU s", "CPU speedup", "peak memory", "load before/after"]))
     print(f"fast vs reference logits: largest difference {report['fast_max_rel_diff']:.2e} of the largest logit")
+    if "official_over" in report:
+        o = report["official_over"]
+        print(f"official code: {report['paths']['official']['ms'] / 1e3:.2f} s per forward, "
+              f"{report['paths']['official']['peak_mb']:.0f} MB; official time / reference time = {o['reference']:.2f}, "
+              f"official time / fast time = {o['fast']:.2f} (CPU time: {report['official_over_cpu']['reference']:.2f}, "
+              f"{report['official_over_cpu']['fast']:.2f}); logits vs official (of the largest official logit): "
+              f"reference {report['reference_vs_official_max_rel_diff']:.2e}, "
+              f"fast {report['fast_vs_official_max_rel_diff']:.2e}")
 
 
 VERB = Verb("Spike2Former inference paths side by side (reference = the official computation), as speed ratios",
