@@ -26,8 +26,13 @@ SDTv2_maskformer_DCNpixelDecoder_ade20k.py): reference and fast logits are bitwi
 With 1 thread (two runs, one forward per path each after a warm-up; CPU time): official 8.2 / 7.8 s, reference
 30.3 / 30.9 s, fast 5.6 / 5.0 s, so official / fast = 1.46 / 1.57 and official / reference = 0.27 / 0.25 (wall:
 official 12.5 / 11.8 s, reference 60.6 / 46.5 s, fast 11.4 / 7.5 s; official / fast 1.09 / 1.56); peak memory
-official 2.9 GB, reference 5.8 GB, fast 1.5 GB. So the reference path computes what the official code does but
-is about 4x slower than it, and ratios against the reference overstate the gain over the official code. With 2
+official 2.9 GB, reference 5.8 GB, fast 1.5 GB. That snapshot's config builds the backbone
+with T=1 while the zoo's card (the released ADE20K_SDTv2_iter102500 config) has T=4, and the reference path computes
+all 4 steps: the ~4x is T (the logits do not depend on T), not a slower computation. With that config's backbone set to the
+released T=4 (a scratch copy; same run conditions, 1 thread, load 1.1-2.1, one forward after a warm-up): official
+34.99 s (CPU 34.10 s), reference 33.59 s, fast 5.19 s: **official / fast = 6.75x** (CPU time 6.75x), official /
+reference 1.04; logits of both bitwise equal to the official ones; peak official 6059 MB, reference 5776 MB, fast
+1526 MB. With 2
 threads the wall times swung 3-6x with the load (official 22-70 s, reference 22-142 s, fast 3.2-49 s in two runs of
 two rounds) and gave no stable ratio.
 """
