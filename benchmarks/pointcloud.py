@@ -25,10 +25,10 @@ import json
 import statistics
 import subprocess
 import sys
-import time
 
 from zoo.errors import ZooError
 from zoo.plugin import Verb
+from zoo.timing import call_times
 
 from . import firing_statistics, progress
 
@@ -64,13 +64,7 @@ def _peak_mb() -> float:
 
 
 def _median_ms(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1e3
+    return statistics.median(call_times(fn, repeats)) * 1e3
 
 
 def worker_forward(size: str, num_points: int, repeats: int) -> dict:

@@ -26,11 +26,12 @@ its initialisation fails on this machine (``NNPACK SpatialConvolution_updateOutp
 
 from __future__ import annotations
 
-import time
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .timing import call_times
 
 __all__ = ["winograd_conv2d", "winograd_weight", "use_winograd", "switches", "eligible"]
 
@@ -80,13 +81,7 @@ def winograd_conv2d(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None,
 
 def _best_ms(fn, repeats: int = 5) -> float:
     """Fastest of ``repeats`` timed calls after a warm-up (on a shared machine the minimum is the least noisy)."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times) * 1e3
+    return min(call_times(fn, repeats)) * 1e3
 
 
 class WinogradConv:

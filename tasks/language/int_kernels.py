@@ -34,11 +34,13 @@ kernels. :func:`cpu_features` reports the flags and the measured choice.
 from __future__ import annotations
 
 import os
-import time
+import statistics
 from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
+
+from zoo.timing import call_times
 
 __all__ = ["available", "faster", "cpu_features", "group_linear_int8", "group_linear_auto", "MAX_ROWS"]
 
@@ -83,13 +85,7 @@ def available() -> bool:
 
 
 def _median_s(fn, repeats: int = 7) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return sorted(times)[len(times) // 2]
+    return statistics.median(call_times(fn, repeats))
 
 
 @lru_cache(maxsize=1)
