@@ -119,6 +119,8 @@ __all__ = ["TestPipeline", "ADE20K", "VOC2012", "CITYSCAPES", "MEAN", "STD", "re
 PIPELINES = {
     "spike2former-ade20k": ADE20K, "spike2former-l-ade20k": ADE20K, "spike2former-cityscapes": CITYSCAPES,
     "spike2former-voc2012": VOC2012, "spike2former-voc2012-t4": VOC2012,
+    # the demo model: trained on 64-pixel crops; tested as its training validated it (short side 64, long <= 4x)
+    "spike2former-tiny-shapes": TestPipeline((256, 64), None),
 }
 
 
