@@ -6,8 +6,9 @@ the same weights and the same input (batch 1, 640x640 by default):
 * ``reference``: the zoo model as built, eager fp32, NCHW, BN separate: the
   same computation as the official implementation (equal outputs, see
   tests/detection/test_spikeyolo.py);
-* ``fp32-fast``: BN folded into the convolutions, channels_last, the I-LIF
-  single-step path (``zoo.fuse.optimize_for_inference``);
+* ``fp32-fast``: BN folded into the convolutions, the memory format (channels_last
+  or NCHW) that was timed faster at the benched size, the I-LIF single-step path
+  (``zoo.fuse.optimize_for_inference``);
 * ``fp32-winograd``: BN folded, NCHW, and the dense 3x3 stride-1 convolutions
   (69 % of SpikeYOLO's multiply-accumulates) on Winograd F(4x4, 3x3)
   (``zoo.winograd``) wherever that was timed faster for the layer's shape;
@@ -136,8 +137,7 @@ def worker(path: str, name: str, weights: str | None, imgsz: int, repeats: int, 
     if path == "fp32-winograd":
         model = optimize_for_inference(model, torch.rand(1, 3, 128, 128), winograd=True)
     elif path != "reference":
-        model = optimize_for_inference(model, torch.rand(1, 3, 128, 128))
-        x = x.contiguous(memory_format=torch.channels_last)
+        model = optimize_for_inference(model, x)  # its memory format timed at the benched size
     if path == "fp32-compiled":
         model = torch.compile(model)
     if path in ("auto", "int8"):
@@ -382,12 +382,12 @@ def summary(size: str = "quick") -> dict:
     x = torch.rand(1, 3, imgsz, imgsz, generator=torch.Generator().manual_seed(1))
     example = torch.rand(1, 3, imgsz, imgsz)
     paths = {"reference": (model, x),
-             "fp32-fast": (optimize_for_inference(zoo.load(name), example), x.contiguous(memory_format=torch.channels_last))}
+             "fp32-fast": (optimize_for_inference(zoo.load(name), example), x)}
     if size != "tiny":
         paths["fp32-winograd"] = (optimize_for_inference(zoo.load(name), example, winograd=True), x)
     auto = optimize_for_inference(zoo.load(name), example)
     use_auto(auto, allow=("winograd",))
-    paths["auto"] = (auto, x.contiguous(memory_format=torch.channels_last))
+    paths["auto"] = (auto, x)
     progress(f"detection: timing {', '.join(paths)} ({imgsz}x{imgsz}, batch 1, median of {repeats})")
     times, exact = {}, []
     with torch.no_grad():

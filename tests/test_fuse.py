@@ -1,9 +1,11 @@
 """Inference rewrites against the plain path."""
 
+import pytest
 import torch
 from torch import nn
 
 import neurons
+from zoo.errors import ZooError
 from zoo.fuse import fold_batchnorm, optimize_for_inference
 
 
@@ -60,3 +62,34 @@ def test_optimized_spikeyolo_matches_plain_path():
     cls_a, cls_b = ya[:, 4:], yb[:, 4:]
     assert (cls_a - cls_b).abs().max() < 1e-3  # class scores: unchanged up to rare rounding flips
     assert ((ya - yb).abs() > 1e-3).float().mean() < 0.05
+
+
+def test_memory_format_is_chosen_by_measurement_and_inputs_follow(monkeypatch):
+    """``channels_last="auto"`` keeps the format timed faster (here made to win either way by a stand-in timer);
+    a channels_last copy converts its inputs itself, so any input layout gives the same output."""
+    import zoo.timing
+    from tasks.detection.spikeyolo import build_spikeyolo
+    from zoo import fuse
+
+    torch.manual_seed(0)
+    m = _randomise(build_spikeyolo((0.33, 0.0625, 1024), nc=3)).eval()
+    x = torch.rand(1, 3, 64, 64)
+    for cl_wins in (True, False):
+        calls = []
+
+        def fake_times(fn, repeats, calls=calls, cl_wins=cl_wins):
+            fn()
+            calls.append(1)
+            return [1.0 if (len(calls) == 2) == cl_wins else 2.0]  # the second timing is channels_last's
+
+        monkeypatch.setattr(zoo.timing, "call_times", fake_times)
+        fast = fuse.optimize_for_inference(m, x)
+        assert fast.zoo_channels_last is cl_wins and len(calls) == 2
+        conv = next(mod for mod in fast.modules() if isinstance(mod, torch.nn.Conv2d))
+        assert conv.weight.is_contiguous(memory_format=torch.channels_last) is cl_wins or conv.weight.shape[-1] == 1
+    with torch.no_grad():
+        a = fuse.optimize_for_inference(m, x, channels_last=True)(x)[0]
+        b = fuse.optimize_for_inference(m, x, channels_last=False)(x.contiguous(memory_format=torch.channels_last))[0]
+    assert (a - b).abs().max() < 1e-3
+    with pytest.raises(ZooError, match="channels_last must be"):
+        fuse.optimize_for_inference(m, x, channels_last="yes")

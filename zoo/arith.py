@@ -343,7 +343,7 @@ def apply(model: nn.Module, arith: str, *example) -> nn.Module:
         raise ZooError(f"--arith {arith} chooses CPU arithmetic; the model is on {device} (pass --device cpu)")
     from .fuse import optimize_for_inference
 
-    fast = optimize_for_inference(model, *example, channels_last=arith != "winograd", winograd=False)
+    fast = optimize_for_inference(model, *example, channels_last="auto" if arith != "winograd" else False)
     use_auto(fast, prefer=None if arith == "auto" else arith)
     return fast
 
