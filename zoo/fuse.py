@@ -122,8 +122,9 @@ def optimize_for_inference(model: nn.Module, *example, channels_last: bool | str
 
     ``channels_last``: True, False, or ``"auto"`` (default): both formats timed on ``example`` (the fastest of 3
     forwards each, after a warm-up) and the faster kept, since which one oneDNN's fp32 convolutions prefer
-    depends on the CPU (SpikeYOLO at 640, 2 threads, AVX2-only EPYC: folded + channels_last 0.97x the
-    reference, folded NCHW 1.10x; channels_last won on the AVX512/AMX Xeon it was first chosen on). Time it on
+    depends on the CPU (SpikeYOLO at 640, 2 threads, AVX2-only EPYC, three interleaved runs: folded +
+    channels_last 0.91-0.97x the reference, folded NCHW 0.99-1.10x; channels_last won on the AVX512/AMX Xeon
+    it was first chosen on). Time it on
     the input shape the model will serve. The choice is ``fast.zoo_channels_last``; a channels_last copy
     converts its 4-D inputs itself (a forward pre-hook), so callers pass any layout."""
     fast, _ = fold_batchnorm(model, *example)
