@@ -72,7 +72,12 @@ def pipeline(args, model):
 
 
 def _weights_label(args) -> str:
-    return args.weights if args.weights else "released"
+    """The weights an energy line used: the user's file, the zoo's bundled demo weights, or the released ones."""
+    from zoo import hub, registry
+
+    if args.weights:
+        return args.weights
+    return "bundled" if hub.entry(registry.info(args.target).weights).bundled else "released"
 
 
 def paper_energy(name: str) -> str:
