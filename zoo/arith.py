@@ -330,10 +330,11 @@ CHOICES = ("reference", "auto", *ARITHMETICS)  # the CLI's --arith
 
 
 def apply(model: nn.Module, arith: str, *example) -> nn.Module:
-    """The model a CLI's ``--arith`` asks for: ``reference`` = ``model`` as built; otherwise a BN-folded
-    channels_last copy (:func:`zoo.fuse.optimize_for_inference`, on ``example``) whose convolutions choose
-    their arithmetic: ``auto`` by timing (every candidate, within :data:`DEFAULT_TOL`), a named one
-    (``fp32``, ``winograd``, ``bf16``, ``int8``) wherever the layer and its input allow it, fp32 elsewhere."""
+    """The model a CLI's ``--arith`` asks for: ``reference`` = ``model`` as built; otherwise a BN-folded copy in
+    the memory format timed faster on ``example`` (NCHW for ``winograd``; :func:`zoo.fuse.optimize_for_inference`)
+    whose convolutions choose their arithmetic: ``auto`` by timing (every candidate, within :data:`DEFAULT_TOL`),
+    a named one (``fp32``, ``winograd``, ``bf16``, ``int8``) wherever the layer and its input allow it, fp32
+    elsewhere."""
     if arith not in CHOICES:
         raise ZooError(f"unknown --arith {arith!r}; choose from {', '.join(CHOICES)}")
     if arith == "reference":

@@ -124,9 +124,9 @@ def optimize_for_inference(model: nn.Module, *example, channels_last: bool | str
     forwards each, after a warm-up) and the faster kept, since which one oneDNN's fp32 convolutions prefer
     depends on the CPU (SpikeYOLO at 640, 2 threads, AVX2-only EPYC, three interleaved runs: folded +
     channels_last 0.91-0.97x the reference, folded NCHW 0.99-1.10x; channels_last won on the AVX512/AMX Xeon
-    it was first chosen on). Time it on
-    the input shape the model will serve. The choice is ``fast.zoo_channels_last``; a channels_last copy
-    converts its 4-D inputs itself (a forward pre-hook), so callers pass any layout."""
+    it was first chosen on). Time it on the input shape the model will serve. The choice is
+    ``fast.zoo_channels_last``; a channels_last copy converts its 4-D inputs itself (a forward pre-hook), so
+    callers pass any layout."""
     fast, _ = fold_batchnorm(model, *example)
     if winograd:
         from .winograd import use_winograd
@@ -144,9 +144,13 @@ def optimize_for_inference(model: nn.Module, *example, channels_last: bool | str
     return fast
 
 
+def _in_format(args, fmt: torch.memory_format) -> tuple:
+    """``args`` with every 4-D tensor in memory format ``fmt`` (a no-op for those already in it)."""
+    return tuple(a.contiguous(memory_format=fmt) if isinstance(a, torch.Tensor) and a.dim() == 4 else a for a in args)
+
+
 def _inputs_to_channels_last(module, args):
-    return tuple(a.contiguous(memory_format=torch.channels_last) if isinstance(a, torch.Tensor) and a.dim() == 4
-                 else a for a in args)
+    return _in_format(args, torch.channels_last)
 
 
 @torch.no_grad()
@@ -154,8 +158,8 @@ def _channels_last_is_faster(model: nn.Module, example, repeats: int = 3) -> boo
     """Time ``model`` on ``example`` in NCHW, then in channels_last; leave it in NCHW; True if the second won."""
     from .timing import call_times
 
-    def run(fmt):
-        args = [a.contiguous(memory_format=fmt) if isinstance(a, torch.Tensor) and a.dim() == 4 else a for a in example]
+    def fastest(fmt):
+        args = _in_format(example, fmt)
 
         def call():
             functional.reset_net(model)
@@ -165,9 +169,9 @@ def _channels_last_is_faster(model: nn.Module, example, repeats: int = 3) -> boo
 
     was_training = model.training
     model.eval()
-    nchw = run(torch.contiguous_format)
+    nchw = fastest(torch.contiguous_format)
     model.to(memory_format=torch.channels_last)
-    cl = run(torch.channels_last)
+    cl = fastest(torch.channels_last)
     model.to(memory_format=torch.contiguous_format)
     model.train(was_training)
     return cl < nchw

@@ -146,9 +146,9 @@ def _register_tiny() -> None:
               "and this recipe adds a semantic cross-entropy (semantic_weight). Trained on CPU (2 cores, nothing "
               f"else running) with `{_SHAPES_TRAIN}`: all 2,400 iterations in 16.3 min (977 s with validation; "
               "held-out mIoU 73.5 % at 600, 83.8 at 1,200, 83.6 at 1,800, 85.35 at 2,400); weights: the best "
-              "validation (the last). On the "
-              "bundled image weights/demo/shapes_segmentation.jpg (a held-out sample, seed 1001) its IoUs are "
-              "background 94 %, circle 93, triangle 89, ring 57, diamond 91 (96 % of pixels right). "
+              "validation (the last). On the bundled image weights/demo/shapes_segmentation.jpg (a held-out "
+              "sample, seed 1001) its IoUs are background 94 %, circle 93, triangle 89, ring 57, diamond 91 (96 % "
+              "of pixels right). "
               + _OUTPUT.format(k=7, k1=8),
     )(_builder(_TINY))
 
