@@ -105,6 +105,10 @@ class ILIF(_CountNeuron, neuron.ILIFNode):
             step_mode=step_mode,
         )
         self.levels = Levels(D=int(D))
+        # False: a one-step inference forward leaves the membrane at rest instead of computing H - S (one
+        # pass over the layer's activations), for models reset before every forward
+        # (zoo.fuse.optimize_for_inference sets it on such models' copies)
+        self.keep_state = True
 
     def multi_step_forward(self, x_seq: torch.Tensor, *args, **kwargs):
         if x_seq.shape[0] == 1 and isinstance(self.v, float) and self.v == 0.0 and not self.store_v_seq:
@@ -113,7 +117,8 @@ class ILIF(_CountNeuron, neuron.ILIFNode):
             # straight-through gradient as SpikingJelly's loop.
             h = x_seq / self.v_threshold if self.v_threshold != 1.0 else x_seq
             s = _count_ste(h, 0.0, self.D)
-            self.v = (x_seq - (s.detach() if self.detach_reset else s) * self.v_threshold)[0]
+            if self.keep_state or torch.is_grad_enabled():
+                self.v = (x_seq - (s.detach() if self.detach_reset else s) * self.v_threshold)[0]
             return s
         return super().multi_step_forward(x_seq, *args, **kwargs)
 

@@ -195,3 +195,39 @@ def test_detection_bench_int8_and_arith_override_paths():
         taken = {row["layer"]: row["arith"] for row in r["layers"]}
         assert set(taken.values()) == {"int8", "fp32"} and taken["model.1.encode_conv"] == "fp32"
         assert r["ms"] > 0 and r["peak_mb"] > 0
+
+
+@needs_int8
+@pytest.mark.parametrize("padding", [0, 1])
+def test_int8_matrix_kernel_equals_the_quantised_convolution(padding):
+    """1x1 layers may run int8 on ``torch._int_mm`` instead of oneDNN's quantised convolution: the same int8
+    weights and exact int32 sums, so the two agree to fp32 rounding, in any input layout and with zero padding
+    (the border is the bias); which one runs is timed per shape and reported."""
+    c = conv(16, 24, 1, padding=padding)
+    weights = arith._Int8Weights(c)
+    assert weights.mm_ok
+    x = counts((2, 16, 7, 9))
+    with torch.no_grad():
+        want = weights(x, c.weight, c.bias, "qconv")
+        for xi in (x, x.contiguous(memory_format=torch.channels_last)):
+            got = weights(xi, c.weight, c.bias, "mm")
+            assert got.shape == want.shape == (2, 24, 7 + 2 * padding, 9 + 2 * padding)
+            assert (got - want).abs().max() <= 1e-6 * want.abs().max()
+        (switch,) = arith.use_auto(c, force={"": "int8"})
+        c(x)
+    (row,) = arith.report(c)
+    assert row["int8_kernel"] in ("mm", "qconv") and f"int8 kernel {row['int8_kernel']}" in row["why"]
+    assert not arith._Int8Weights(conv(16, 24, 3, padding=1)).mm_ok
+
+
+@needs_int8
+def test_a_later_input_that_is_not_counts_runs_in_fp32():
+    """The first input of a shape is checked whole; later ones by a spot check of every SPOT_STRIDE-th value,
+    which catches real values (the layer then runs fp32 for that input)."""
+    c = conv(8, 8, 3, padding=1)
+    arith.use_auto(c, prefer="int8")
+    with torch.no_grad():
+        c(counts((1, 8, 16, 16)))
+        assert arith.report(c)[0]["arith"] == "int8"
+        x = torch.rand(1, 8, 16, 16)
+        assert torch.equal(c(x), nn.functional.conv2d(x, c.weight, c.bias, padding=1))

@@ -93,3 +93,31 @@ def test_memory_format_is_chosen_by_measurement_and_inputs_follow(monkeypatch):
     assert (a - b).abs().max() < 1e-3
     with pytest.raises(ZooError, match="channels_last must be"):
         fuse.optimize_for_inference(m, x, channels_last="yes")
+
+
+def test_spikeyolo_bn_pad_blocks_fold_into_count_fed_convs():
+    """SepRepConv (BN -> pad with BN(0) -> 1x1) and RepConv (1x1 -> BN -> pad) become one zero-padded 1x1 conv
+    with the BN folded in, which reads the spike counts; same block outputs; the neurons of a copy of a model
+    that resets before every forward keep no membrane after it."""
+    import zoo
+    from tasks.detection.spikeyolo import BNAndPad, RepConv, SepRepConv
+    from zoo.fuse import fold_modules
+
+    torch.manual_seed(0)
+    model = zoo.load("spikeyolo-tiny-shapes", pretrained=False)
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        want = model(x)[0]
+    fast = optimize_for_inference(model, x, channels_last=False)
+    blocks = [m for m in fast.modules() if isinstance(m, (SepRepConv, RepConv))]
+    assert blocks and not any(isinstance(m, BNAndPad) for b in blocks for m in b.modules())
+    assert all(isinstance(m, BNAndPad) for m in model.modules() if type(m).__name__ == "BNAndPad")  # not changed
+    with torch.no_grad():
+        got = fast(x)[0]
+    assert (got - want).abs().max() <= 1e-4 * want.abs().max()
+    assert fold_modules(fast, x) == 0  # folded once
+    ilif = [m for m in fast.modules() if hasattr(m, "keep_state")]
+    assert ilif and not any(m.keep_state for m in ilif)
+    assert all(m.keep_state for m in model.modules() if hasattr(m, "keep_state"))
+    spiking = zoo.load("spikeyolo-tiny-shapes", pretrained=False, mode="spike")
+    assert fold_modules(spiking.eval(), x) == 0  # spike-driven blocks fold BN themselves

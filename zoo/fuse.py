@@ -106,6 +106,38 @@ def fold_batchnorm(model: nn.Module, *example, rtol: float = 1e-4) -> tuple[nn.M
     return model, len(pairs)
 
 
+@torch.no_grad()
+def fold_modules(model: nn.Module, *example, rtol: float = 1e-4) -> int:
+    """Let every submodule that defines ``fold_for_inference()`` rewrite itself, in place (integer mode):
+    e.g. SpikeYOLO's ``BN -> pad with BN(0) -> 1x1 conv`` becomes ``zero pad -> 1x1 conv`` with the BN in its
+    weights and bias, so that the conv reads the spike counts (which ``zoo.arith``'s int8 / bf16 paths need)
+    and the BN and padding passes go. Each rewrite is checked on that module's input from ``example``: its
+    output must stay within ``rtol`` of its range. Returns the number of modules rewritten."""
+    foldable = {n: m for n, m in model.named_modules() if callable(getattr(m, "fold_for_inference", None))}
+    if not foldable:
+        return 0
+    inputs = {}
+    hooks = [m.register_forward_pre_hook(lambda m, args, n=n: inputs.setdefault(n, args)) for n, m in foldable.items()]
+    try:
+        functional.reset_net(model)
+        model.eval()(*example)
+    finally:
+        for h in hooks:
+            h.remove()
+        functional.reset_net(model)
+    done = 0
+    for name, m in foldable.items():
+        if name not in inputs:
+            continue
+        want = m(*inputs[name])
+        if m.fold_for_inference():
+            diff = _max_diff(m(*inputs[name]), want)
+            if diff > rtol * max(float(want.abs().max()), 1.0):
+                raise ZooError(f"folding {name} for inference changed its output by {diff:.3g}; cannot fold this model")
+            done += 1
+    return done
+
+
 def _max_diff(a, b) -> float:
     if isinstance(a, torch.Tensor):
         return float((a - b).abs().max()) if a.numel() else 0.0
@@ -128,6 +160,11 @@ def optimize_for_inference(model: nn.Module, *example, channels_last: bool | str
     ``fast.zoo_channels_last``; a channels_last copy converts its 4-D inputs itself (a forward pre-hook), so
     callers pass any layout."""
     fast, _ = fold_batchnorm(model, *example)
+    fold_modules(fast, *example)
+    if getattr(fast, "_zoo_auto_reset", False):  # reset before every forward: no neuron state to keep after one
+        for m in fast.modules():
+            if hasattr(m, "keep_state"):
+                m.keep_state = False
     if winograd:
         from .winograd import use_winograd
 

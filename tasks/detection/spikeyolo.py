@@ -227,7 +227,26 @@ class SepRepConv(nn.Module):
             ),
         )
 
+    def fold_for_inference(self) -> bool:
+        """Integer-mode inference (:func:`zoo.fuse.fold_modules`): the 1x1 conv on the zero-padded counts (its own
+        padding) with the BN in its weights (``W * scale``) and bias (``W @ shift``), as spike-driven mode
+        computes it, so that it reads counts. Same outputs up to rounding."""
+        if not isinstance(self.body[0], BNAndPad):  # folded already
+            return False
+        pad_bn, (pw, dw) = self.body[0], self.body[1]
+        if pw.spike_driven or self.training:
+            return False
+        scale, shift = pad_bn.affine()
+        conv = nn.Conv2d(pw.in_channels, pw.out_channels, 1, padding=pad_bn.pad, bias=True)
+        with torch.no_grad():
+            conv.weight.copy_(pw.weight * scale.view(1, -1, 1, 1))
+            conv.bias.copy_(pw.weight.flatten(1) @ shift)
+        self.body = nn.Sequential(conv, dw)
+        return True
+
     def forward(self, x):
+        if not isinstance(self.body[0], BNAndPad):  # folded for inference
+            return self.body(x)
         pad_bn, (pw, dw) = self.body[0], self.body[1]
         if not pw.spike_driven:
             return self.body(x)
@@ -274,6 +293,23 @@ class RepConv(nn.Module):
                 batch_norm(c2),
             ),
         )
+
+    def fold_for_inference(self) -> bool:
+        """Integer-mode inference (:func:`zoo.fuse.fold_modules`): one 1x1 conv, zero-padded, with the BN folded in,
+        instead of ``1x1 conv -> BN -> pad with BN(0)`` (the border is the folded bias = BN(0) either way), so no
+        BN or padding pass over the conv's output. Same outputs up to rounding."""
+        if len(self.body) != 3:  # folded already
+            return False
+        pw, pad_bn, rest = self.body
+        if pw.spike_driven or self.training:
+            return False
+        scale, shift = pad_bn.affine()
+        conv = nn.Conv2d(pw.in_channels, pw.out_channels, 1, padding=pad_bn.pad, bias=True)
+        with torch.no_grad():
+            conv.weight.copy_(pw.weight * scale.view(-1, 1, 1, 1))
+            conv.bias.copy_(shift)
+        self.body = nn.Sequential(conv, rest)
+        return True
 
     def forward(self, x):
         return self.body(x)
