@@ -163,7 +163,7 @@ class _Int8Weights:
     weight version; ``__call__(x, w, b, kernel)`` runs the quantised convolution on counts ``x``.
 
     Two kernels, both exact in their int32 sums: ``"qconv"``, oneDNN's quantised convolution (uint8 counts with
-    scale 1 and zero point 0), for any layer; ``"mm"``, for 1x1 stride-1 unpadded ungrouped layers,
+    scale 1 and zero point 0), for any layer; ``"mm"``, for 1x1 stride-1 ungrouped layers (zero padding allowed),
     ``torch._int_mm`` on the channels-last view (int8 counts 0..127, ``[pixels, C_in] @ [C_in, C_out]``), then
     ``s_c`` times the sums plus the bias in one ``addcmul``. On an AVX512-VNNI EPYC (1 thread) the second was
     4-24x faster than the first on SpikeYOLO's 1x1 layers (768->768 at 40x40: 4.6 ms against 31 ms, fp32 19 ms),
@@ -253,7 +253,7 @@ class AutoConv:
             self._bf16_w, self._bf16_key = w.detach().to(torch.bfloat16), key
         return self._bf16_w
 
-    def _run(self, arith: str, x, w, b, kernel: str | None = None):
+    def _run(self, arith: str, x, w, b):
         c = self.conv
         if arith == "winograd":
             return self._wino(x, w, b)
@@ -262,7 +262,7 @@ class AutoConv:
                            c.groups).float()
             return out if b is None else out + b.view(1, -1, 1, 1)
         if arith == "int8":
-            return self._int8(x, w, b, kernel or self.kernel.get(tuple(x.shape), "qconv"))
+            return self._int8(x, w, b, self.kernel.get(tuple(x.shape), "qconv"))
         return nn.Conv2d._conv_forward(c, x, w, b)
 
     def _candidates(self, x) -> tuple[list[str], list[str]]:
@@ -298,7 +298,11 @@ class AutoConv:
         if not self._int8.mm_ok or not _unsigned_counts(x, 127):
             self.kernel[shape], self.kernel_ms[shape] = "qconv", {}
             return
-        ms = _interleaved_ms({k: (lambda k=k: self._int8(x, w, b, k)) for k in ("qconv", "mm")}, rounds=3)
+        try:
+            ms = _interleaved_ms({k: (lambda k=k: self._int8(x, w, b, k)) for k in ("qconv", "mm")}, rounds=3)
+        except (RuntimeError, NotImplementedError):  # no CPU torch._int_mm in this build
+            self.kernel[shape], self.kernel_ms[shape] = "qconv", {}
+            return
         self.kernel[shape], self.kernel_ms[shape] = min(ms, key=ms.get), ms
 
     def _decide(self, x, w, b) -> dict:

@@ -109,7 +109,7 @@ def fold_batchnorm(model: nn.Module, *example, rtol: float = 1e-4) -> tuple[nn.M
 @torch.no_grad()
 def fold_modules(model: nn.Module, *example, rtol: float = 1e-4) -> int:
     """Let every submodule that defines ``fold_for_inference()`` rewrite itself, in place (integer mode):
-    e.g. SpikeYOLO's ``BN -> pad with BN(0) -> 1x1 conv`` becomes ``zero pad -> 1x1 conv`` with the BN in its
+    e.g. SpikeYOLO's ``BN -> pad with BN(0) -> 1x1 conv`` becomes one zero-padded 1x1 conv with the BN in its
     weights and bias, so that the conv reads the spike counts (which ``zoo.arith``'s int8 / bf16 paths need)
     and the BN and padding passes go. Each rewrite is checked on that module's input from ``example``: its
     output must stay within ``rtol`` of its range. Returns the number of modules rewritten."""
