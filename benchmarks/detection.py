@@ -70,11 +70,10 @@ def has_onnxruntime() -> bool:
 
 
 def cpu_has_bf16() -> bool:
-    try:
-        flags = open("/proc/cpuinfo").read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    """bf16 arithmetic in the CPU and allowed to oneDNN (:func:`zoo.arith.cpu_capabilities`)."""
+    from zoo.arith import cpu_capabilities
+
+    return bool(cpu_capabilities()["bf16"])
 
 
 def _model(name: str, weights: str | None, seed: int = 0):

@@ -8,6 +8,11 @@ input, batch 1, ``--threads`` CPU threads (default 2):
   model, tests/segmentation/test_spike2former.py): T copies of every layer, the masks of all decoder layers,
   the decoder attention as ``(q k^T) v``, DCNv3's pure-PyTorch ``grid_sample`` core;
 * ``fast``: :func:`tasks.segmentation.fast.optimize` (one time step, the last layer's masks, ``q (k^T v)``).
+* ``auto``: ``fast``, then BN folded and the memory format timed (:func:`zoo.fuse.optimize_for_inference`),
+  then every convolution on the arithmetic timed fastest for its input shape (:func:`zoo.arith.use_auto`: fp32,
+  Winograd, and on spike counts -- NI-LIF's ``count / D`` -- bf16 and int8 within ``zoo.arith.DEFAULT_TOL``);
+  the arithmetic chosen per convolution is reported (``--json``). Lossy where it takes bf16 / int8: the pixels'
+  argmax agreement with the reference is reported beside the logits' difference.
 
 Reported: the speed-up (reference time / path time; medians of ``--repeats`` forwards after ``--warmup``), the
 same on process CPU time, peak resident memory of each process, the 1-minute load average before and after each
@@ -54,7 +59,7 @@ from zoo.plugin import Verb
 
 from . import progress
 
-PATHS = ("reference", "fast")
+PATHS = ("reference", "fast", "auto")
 
 
 def firing_weights(model, seed: int = 0):
@@ -88,9 +93,15 @@ def worker(path: str, name: str, imgsz: int, repeats: int, warmup: int, threads:
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = firing_weights(zoo.load(name, pretrained=False))
-    if path == "fast":
-        optimize(model)
     x = torch.randn(1, 3, imgsz, imgsz, generator=torch.Generator().manual_seed(1))
+    if path in ("fast", "auto"):
+        optimize(model)
+    if path == "auto":
+        from zoo.arith import use_auto
+        from zoo.fuse import optimize_for_inference
+
+        model = optimize_for_inference(model, x)
+        use_auto(model)
     times, cpu = [], []
     with torch.no_grad():
         for _ in range(warmup):
@@ -101,8 +112,15 @@ def worker(path: str, name: str, imgsz: int, repeats: int, warmup: int, threads:
             times.append(time.perf_counter() - t)
             cpu.append(time.process_time() - c)
     torch.save(y, out)
-    return {"path": path, "ms": statistics.median(times) * 1e3, "times_s": times, "cpu_s": cpu,
-            "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    got = {"path": path, "ms": statistics.median(times) * 1e3, "times_s": times, "cpu_s": cpu,
+           "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if path == "auto":
+        from collections import Counter
+
+        from zoo.arith import report
+
+        got["arith"] = dict(Counter(r["arith"] for r in report(model)))
+    return got
 
 
 def _official_args(official: str, official_config: str | None):
@@ -183,7 +201,9 @@ def run(name: str = "spike2former-ade20k", imgsz: int = 512, repeats: int = 1, w
         return float((a - b).abs().max() / b.abs().max())
 
     report = {"model": name, "imgsz": imgsz, "repeats": repeats, "warmup": warmup, "threads": threads,
-              "rounds": rounds, "paths": results, "fast_max_rel_diff": rel(logits["fast"], ref)}
+              "rounds": rounds, "paths": results, "fast_max_rel_diff": rel(logits["fast"], ref),
+              "auto_max_rel_diff": rel(logits["auto"], ref),
+              "auto_argmax_agreement": float((logits["auto"].argmax(1) == ref.argmax(1)).float().mean())}
     if official:
         report["official_config"] = str(config)
         report["reference_vs_official_max_rel_diff"] = rel(ref, logits["official"])
@@ -231,6 +251,10 @@ def run_bench(args) -> None:
           "wall time when other jobs share the cores)")
     print(text(rows, ["path", "s per forward", "speedup", "CPU s", "CPU speedup", "peak memory", "load before/after"]))
     print(f"fast vs reference logits: largest difference {report['fast_max_rel_diff']:.2e} of the largest logit")
+    arith = report["paths"]["auto"].get("arith", {})
+    print(f"auto vs reference logits: largest difference {report['auto_max_rel_diff']:.2e} of the largest logit, "
+          f"per-pixel argmax equal at {report['auto_argmax_agreement'] * 100:.2f} % of pixels; arithmetic per "
+          f"(convolution, shape): {', '.join(f'{a} {n}' for a, n in sorted(arith.items()))}")
     if "official_over" in report:
         o = report["official_over"]
         print(f"official code: {report['paths']['official']['ms'] / 1e3:.2f} s per forward, "

@@ -27,7 +27,7 @@ def conv(*args, seed=0, **kwargs):
     return nn.Conv2d(*args, **kwargs).eval()
 
 
-def test_cpu_probe_reads_the_flags():
+def test_cpu_probe_reads_the_flags(monkeypatch):
     caps = arith.cpu_capabilities(CPUINFO)
     assert caps["flags"]["avx2"] and caps["flags"]["avx512_vnni"] and caps["flags"]["amx_bf16"] is False
     assert caps["bf16"] is False and caps["int8"] is True and caps["model"] == "Test CPU"
@@ -36,6 +36,12 @@ def test_cpu_probe_reads_the_flags():
     assert arith.cpu_capabilities("nothing")["bf16"] is None
     line = arith.describe(caps)
     assert "Test CPU" in line and "avx512_vnni" in line and "not: " in line and "amx_bf16" in line
+    assert "limited" not in line or caps["isa_limits"]
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # an AVX2-only CPU emulated: no VNNI / bf16 kernels
+    capped = arith.cpu_capabilities(CPUINFO)
+    assert "kernels limited by ONEDNN_MAX_CPU_ISA=AVX2" in arith.describe(capped) and capped["int8"] is False
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_VNNI")
+    assert arith.cpu_capabilities(CPUINFO)["int8"] is True
 
 
 @pytest.mark.parametrize("layer", [dict(args=(16, 24, 3), padding=1), dict(args=(16, 24, 1)),
@@ -231,3 +237,24 @@ def test_a_later_input_that_is_not_counts_runs_in_fp32():
         assert arith.report(c)[0]["arith"] == "int8"
         x = torch.rand(1, 8, 16, 16)
         assert torch.equal(c(x), nn.functional.conv2d(x, c.weight, c.bias, padding=1))
+
+
+@needs_int8
+@pytest.mark.parametrize("k", [1, 3])
+def test_scaled_counts_of_a_synapse_take_int8(k):
+    """A neurons synapse reading ``count / D`` (Spike2Former's NI-LIF) takes int8 on its counts: oneDNN's input
+    scale (or the matrix kernel's output scale) is 1 / D, within the int8 bound of the unscaled layer over D."""
+    import neurons
+
+    torch.manual_seed(0)
+    c = neurons.SpikeConv2d(16, 24, k, padding=k // 2, source=neurons.Levels(D=4, scale=0.25)).eval()
+    x = counts((1, 16, 9, 11)) / 4
+    with torch.no_grad():
+        want = c(x)
+        (switch,) = arith.use_auto(c, prefer="int8")
+        got = c(x)
+    assert switch.in_scale == 0.25 and arith.report(c)[0]["arith"] == "int8"
+    s_c = c.weight.abs().amax(dim=(1, 2, 3)).view(1, -1, 1, 1) / 127
+    count_sum = nn.functional.conv2d(x.abs() * 4, torch.ones_like(c.weight), None, 1, k // 2)
+    diff = (got - want).abs()
+    assert diff.max() > 0 and (diff <= s_c / 2 * count_sum / 4 + 1e-5 * want.abs().max()).all()

@@ -24,6 +24,10 @@ the arithmetics it may use (:class:`AutoConv`), timed on that first input:
   the weights' rounding: ``|int8 - fp32| <= (s_c / 2) conv(|x|, 1)``. A candidate only where oneDNN's
   quantised convolution runs here and the input is non-negative counts of at most 255 (checked on it).
 
+A layer of :mod:`neurons` (a synapse bound to its neuron's levels) whose input is ``scale x counts`` (NI-LIF's
+``count / D`` in Spike2Former) is treated alike: its counts are ``x / scale`` (int8: oneDNN's input scale, or
+the matrix kernel's output scale; bf16 only for a power-of-two scale, which bf16 holds exactly).
+
 The lossy candidates (``bf16``, ``int8``) are also held to a tolerance (``tol``, :data:`DEFAULT_TOL`): on the
 layer's first input their largest difference from fp32, relative to the largest fp32 output, must be at most
 ``tol``, or the layer keeps an exact arithmetic (the reason and the measured error are reported). The bounds
@@ -43,6 +47,7 @@ takes one arithmetic wherever it is a candidate (the CLI's ``--arith``: no timin
 
 from __future__ import annotations
 
+import math
 import os
 
 import torch
@@ -57,6 +62,9 @@ __all__ = ["FLAGS", "ARITHMETICS", "EXACT", "DEFAULT_TOL", "AutoConv", "cpu_capa
 ARITHMETICS = ("fp32", "winograd", "bf16", "int8")
 EXACT = ("fp32", "winograd")  # equal to fp32 up to its rounding
 DEFAULT_TOL = 1e-2  # the lossy candidates' largest difference from fp32, relative to the layer's largest output
+
+# environment variables that cap the vector ISA oneDNN's / ATen's kernels use (reported beside the flags)
+ISA_LIMITS = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
 
 # the /proc/cpuinfo flags that matter for fp32 / bf16 / int8 convolutions and matrix products
 FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8")
@@ -75,6 +83,19 @@ def cpu_flags(cpuinfo: str | None = None) -> set[str] | None:
         if key.strip() in ("flags", "Features"):
             return set(value.split())
     return None
+
+
+# oneDNN's ISA names in increasing order (``ONEDNN_MAX_CPU_ISA``), as far as this module needs them
+_ONEDNN_ISAS = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI",
+                "AVX512_CORE_BF16")
+
+
+def _onednn_allows(isa: str) -> bool:
+    """Whether ``ONEDNN_MAX_CPU_ISA`` (or ``DNNL_MAX_CPU_ISA``) leaves oneDNN ``isa``'s kernels (unset: yes)."""
+    cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "").strip().upper()
+    if cap not in _ONEDNN_ISAS:  # unset, ALL, or an ISA above these (AMX, AVX10)
+        return True
+    return _ONEDNN_ISAS.index(cap) >= _ONEDNN_ISAS.index(isa)
 
 
 def cpu_capabilities(cpuinfo: str | None = None) -> dict:
@@ -100,11 +121,12 @@ def cpu_capabilities(cpuinfo: str | None = None) -> dict:
     return {
         "torch_isa": torch.backends.cpu.get_cpu_capability(),
         "flags": has,
-        "bf16": any_of("avx512_bf16", "amx_bf16"),
-        "int8": any_of("avx512_vnni", "avx_vnni", "amx_int8"),
+        "bf16": any_of("avx512_bf16", "amx_bf16") and _onednn_allows("AVX512_CORE_BF16"),
+        "int8": any_of("avx512_vnni", "avx_vnni", "amx_int8") and _onednn_allows("AVX2_VNNI"),
         "cores": os.cpu_count(),
         "threads": torch.get_num_threads(),
         "model": model,
+        "isa_limits": {k: os.environ[k] for k in ISA_LIMITS if os.environ.get(k)},
     }
 
 
@@ -118,6 +140,9 @@ def describe(caps: dict) -> str:
         lack = [f for f, v in flags.items() if not v]
         if lack:
             listed += f" (not: {' '.join(lack)})"
+    limits = caps.get("isa_limits") or {}
+    if limits:  # e.g. an AVX2-only CPU emulated on a newer one: the flags are the hardware's, the kernels are not
+        listed += "; kernels limited by " + " ".join(f"{k}={v}" for k, v in limits.items())
     return (f"CPU: {caps['model'] or 'unknown model'}, torch ISA {caps['torch_isa']}, {caps['cores']} cores "
             f"({caps['threads']} torch threads); {listed}")
 
@@ -189,14 +214,16 @@ class _Int8Weights:
             self.key = key
         return self.packed
 
-    def __call__(self, x, w, b, kernel: str = "qconv"):
+    def __call__(self, x, w, b, kernel: str = "qconv", in_scale: float = 1.0):
+        """``in_scale``: the input is ``in_scale`` times counts (NI-LIF's ``count / D``); 1: counts."""
         c = self.conv
         packed, scale, zp = self.pack(w)
+        counts = x if in_scale == 1.0 else torch.round(x / in_scale)
         if kernel == "mm":
-            return self._mm(x, b, scale)
+            return self._mm(counts, b, scale if in_scale == 1.0 else scale * in_scale)
         return torch.ops.onednn.qconv2d_pointwise(
-            x.to(torch.uint8), 1.0, 0, packed, scale, zp, None if b is None else b.detach().float(), list(c.stride),
-            list(c.padding), list(c.dilation), c.groups, 1.0, 0, torch.float32, "none", [], "")
+            counts.to(torch.uint8), in_scale, 0, packed, scale, zp, None if b is None else b.detach().float(),
+            list(c.stride), list(c.padding), list(c.dilation), c.groups, 1.0, 0, torch.float32, "none", [], "")
 
     def _mm(self, x, b, scale):
         """The 1x1 layer on ``torch._int_mm``, written into its (zero-)padded channels-last output: the border,
@@ -243,6 +270,8 @@ class AutoConv:
         self.choice: dict[tuple, dict] = {}  # input shape -> {"arith", "why", "ms": {arith: ms}, "err": {arith: rel}}
         self._wino = winograd.WinogradConv(conv, autotune=False)
         self._int8 = _Int8Weights(conv)
+        levels = getattr(conv, "levels", None) if hasattr(conv, "input_counts") else None  # a neurons synapse
+        self.in_scale = float(levels.scale) if levels is not None else 1.0  # its input: in_scale x counts
         self.kernel: dict[tuple, str] = {}  # input shape -> the int8 kernel timed faster ("qconv" or "mm")
         self.kernel_ms: dict[tuple, dict] = {}
         self._bf16_key, self._bf16_w = None, None
@@ -262,8 +291,12 @@ class AutoConv:
                            c.groups).float()
             return out if b is None else out + b.view(1, -1, 1, 1)
         if arith == "int8":
-            return self._int8(x, w, b, self.kernel.get(tuple(x.shape), "qconv"))
+            return self._int8(x, w, b, self.kernel.get(tuple(x.shape), "qconv"), self.in_scale)
         return nn.Conv2d._conv_forward(c, x, w, b)
+
+    def _counts_of(self, x: torch.Tensor) -> torch.Tensor:
+        """The counts behind ``x`` if it is ``in_scale`` times counts (as the layer's neuron emits them)."""
+        return x if self.in_scale == 1.0 else x / self.in_scale
 
     def _candidates(self, x) -> tuple[list[str], list[str]]:
         """The arithmetics this layer may use on ``x`` (fp32 first), and why the others may not."""
@@ -274,7 +307,7 @@ class AutoConv:
             elif a == "bf16":
                 if not self.bf16_cpu:
                     excluded.append("bf16: the CPU has no bf16 arithmetic")
-                elif not _counts(x):
+                elif not (_counts(self._counts_of(x)) and math.log2(self.in_scale).is_integer()):
                     excluded.append("bf16: input is not spike counts")
                 else:
                     candidates.append(a)
@@ -283,7 +316,7 @@ class AutoConv:
                     excluded.append("int8: no oneDNN quantised convolution in this torch")
                 elif not self.int8_layer:
                     excluded.append("int8: padding mode or 'same' padding")
-                elif not _unsigned_counts(x):
+                elif not _unsigned_counts(self._counts_of(x)):
                     excluded.append("int8: input is not counts 0..255")
                 else:
                     candidates.append(a)
@@ -295,11 +328,12 @@ class AutoConv:
         shape = tuple(x.shape)
         if shape in self.kernel:
             return
-        if not self._int8.mm_ok or not _unsigned_counts(x, 127):
+        if not self._int8.mm_ok or not _unsigned_counts(self._counts_of(x), 127):
             self.kernel[shape], self.kernel_ms[shape] = "qconv", {}
             return
         try:
-            ms = _interleaved_ms({k: (lambda k=k: self._int8(x, w, b, k)) for k in ("qconv", "mm")}, rounds=3)
+            ms = _interleaved_ms({k: (lambda k=k: self._int8(x, w, b, k, self.in_scale)) for k in ("qconv", "mm")},
+                                 rounds=3)
         except (RuntimeError, NotImplementedError):  # no CPU torch._int_mm in this build
             self.kernel[shape], self.kernel_ms[shape] = "qconv", {}
             return
@@ -345,7 +379,7 @@ class AutoConv:
     def _still_counts(self, x, arith: str) -> bool:
         """A spot check of a later input (every :data:`SPOT_STRIDE`-th value; the first input of each shape was
         checked whole): still counts that ``arith`` holds exactly?"""
-        sample = _spot(x)
+        sample = self._counts_of(_spot(x))
         if arith == "bf16":
             return _counts(sample)
         return _unsigned_counts(sample, 127 if self.kernel.get(tuple(x.shape)) == "mm" else 255)

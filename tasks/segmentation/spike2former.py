@@ -183,6 +183,8 @@ class BNAndPadLayer(nn.Module):
     """BatchNorm, then pad ``pad_pixels`` with the value BN gives a zero input (so a following
     unpadded conv sees what it would see with the BN folded into the conv before it)."""
 
+    keeps_batchnorm = True  # zoo.fuse: the padding value reads the BN statistics, do not fold it away
+
     def __init__(self, pad_pixels: int, num_features: int):
         super().__init__()
         self.bn = nn.BatchNorm2d(num_features)
