@@ -7,8 +7,9 @@ and ``Clip`` on the membrane potential; with ``T > 1`` the recurrence unrolled o
 a tensor carried from step to step), every convolution and BatchNorm as it is (no folding: the graph computes
 what the torch model computes), and the decoded head: the graph's output ``y`` is ``[B, 4 + nc, anchors]``
 (box centre x, y, width, height in input pixels, then per-class sigmoid scores), as ``model(x)[0]``. NMS stays
-outside, as in the zoo's post-processing (:func:`tasks.detection.postprocess.non_max_suppression`). The input
-shape is fixed at export (the anchors of the decoded head are constants of the graph).
+outside, as in the zoo's post-processing (:func:`tasks.detection.postprocess.non_max_suppression`). The batch
+size is symbolic (the graph runs any batch: the model's reshapes name no batch size); height and width are fixed
+at export (the anchors of the decoded head are constants of the graph).
 
 The model card travels in the ONNX ``metadata_props`` (name, paper, arxiv, T, D, classes as JSON, the input
 description and shape, the output layout, the mode). After writing, the file is loaded by onnxruntime and run
@@ -198,7 +199,8 @@ def _trace(module: nn.Module, x: torch.Tensor, path: Path, opset: int) -> None:
         # one-step neuron paths) as constants, which is what a fixed-shape export wants; torch warns about both
         warnings.simplefilter("ignore")
         torch.onnx.export(module, (x,), str(path), dynamo=False, opset_version=opset,
-                          input_names=["images"], output_names=["y"], do_constant_folding=True)
+                          input_names=["images"], output_names=["y"], do_constant_folding=True,
+                          dynamic_axes={"images": {0: "batch"}, "y": {0: "batch"}})
 
 
 @torch.no_grad()

@@ -105,7 +105,7 @@ def batch_norm(c: int) -> nn.BatchNorm2d:
 
 def per_step(op: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     """Apply a 2D op to ``[T, B, C, H, W]`` by folding T into the batch."""
-    return op(x.flatten(0, 1)).unflatten(0, x.shape[:2])
+    return op(x.flatten(0, 1)).unflatten(0, (x.shape[0], -1))  # -1: the batch stays symbolic in an export
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -174,10 +174,8 @@ class BNAndPad(nn.Module):
         if p > 0:
             bn = self.bn
             zero_value = bn.bias.detach() - bn.running_mean * bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
-            n, c, h, w = out.shape
-            padded = zero_value.view(1, c, 1, 1).expand(n, c, h + 2 * p, w + 2 * p).clone()
-            padded[:, :, p:-p, p:-p] = out
-            out = padded
+            inside = F.pad(out.new_ones((1, 1) + out.shape[2:]), [p] * 4) > 0  # no batch size: exports keep it
+            out = torch.where(inside, F.pad(out, [p] * 4), zero_value.view(1, -1, 1, 1))
         return out
 
 
@@ -420,8 +418,8 @@ class DFL(nn.Module):
             self.conv.weight.copy_(torch.arange(reg_max, dtype=torch.float).view(1, reg_max, 1, 1))
 
     def forward(self, x):  # [B, 4 * reg_max, A] -> [B, 4, A]
-        b, _, a = x.shape
-        return self.conv(x.view(b, 4, self.reg_max, a).transpose(2, 1).softmax(1)).view(b, 4, a)
+        # no batch size in the reshapes: an ONNX export keeps the batch symbolic
+        return self.conv(x.unflatten(1, (4, self.reg_max)).transpose(2, 1).softmax(1)).flatten(1, 2)
 
 
 def make_anchors(shapes: list[tuple[int, int]], strides, dtype, device, offset: float = 0.5):
@@ -485,10 +483,9 @@ class SpikeDetect(nn.Module):
         return self.decode(raw), raw
 
     def decode(self, raw: list[torch.Tensor]) -> torch.Tensor:
-        b = raw[0].shape[0]
         anchors, strides = make_anchors([r.shape[2:] for r in raw], self.stride.tolist(), raw[0].dtype, raw[0].device)
         anchors, strides = anchors.transpose(0, 1), strides.transpose(0, 1)  # [2, A], [1, A]
-        x_cat = torch.cat([r.view(b, self.no, -1) for r in raw], 2)
+        x_cat = torch.cat([r.flatten(2) for r in raw], 2)
         box, cls = x_cat.split((4 * self.reg_max, self.nc), 1)
         lt, rb = self.dfl(box).chunk(2, 1)
         x1y1, x2y2 = anchors.unsqueeze(0) - lt, anchors.unsqueeze(0) + rb

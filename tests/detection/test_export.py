@@ -129,6 +129,13 @@ def test_demo_detector_round_trips_through_onnxruntime(ort, tmp_path, capsys):
     assert got.shape == (1, 10, 84)
     assert max_difference(got, want)[1] <= TOLERANCE
 
+    # the batch is symbolic: a batch of 3 runs and matches the torch model image by image
+    x3 = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(6))
+    got3 = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"images": x3.numpy()})[0]
+    with torch.no_grad():
+        want3 = zoo.load(DEMO)(x3)[0]
+    assert got3.shape == (3, 10, 84) and max_difference(got3, want3)[1] <= TOLERANCE
+
 
 def test_spike_mode_exports_the_event_form_equal_to_integer(ort, tmp_path, capsys):
     out = tmp_path / "spike.onnx"
