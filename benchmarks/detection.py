@@ -310,6 +310,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_bench(args) -> None:
+    for flag in ("imgsz", "repeats", "map_images"):
+        if getattr(args, flag) <= 0:
+            raise ZooError(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
     report = run(args.model, args.weights, args.imgsz, args.repeats, with_map=not args.no_map, paths=args.paths,
                  arith=args.arith, map_images=args.map_images)
     if args.json:

@@ -33,12 +33,12 @@ layer's first input their largest difference from fp32, relative to the largest 
 ``tol``, or the layer keeps an exact arithmetic (the reason and the measured error are reported). The bounds
 above are worst cases; what a detector's mAP feels is how many counts flip at a rounding boundary downstream,
 which the tolerance limits but does not bound: ``zoo bench detection`` measures the mAP@50 change of the
-auto, all-int8 and bf16 paths on the demo set. On 1,000 generated images (AVX512-VNNI EPYC): BN folding alone,
-exact up to last bits, moved it by -0.07 points; all-int8 +0.19, auto at tolerance 1e-2 +0.05, at 3e-3 +0.10,
-every count-fed layer in bf16 (weights and outputs rounded) -0.32, bf16 autocast +0.02. On 200 images the same
-rounding flips moved it by up to 0.4 points either way, which is why the bench uses 1,000. At the earlier
-default of 1e-3 the auto path rejected every int8 layer of SpikeYOLO (their errors are 2-4e-3) and ran at
-0.97x; 1e-2 is the default now.
+auto, all-int8 and bf16 paths on the demo set. ``zoo bench detection`` on 1,000 generated images (AVX512-VNNI
+EPYC): BN folding alone, exact up to last bits, moved it by -0.08 points, all-Winograd -0.04, all-int8 +0.18,
+auto (tolerance 1e-2) +0.06, bf16 autocast -0.03; a scratch run before the BN-pad folds put every count-fed
+layer in bf16 (weights and outputs rounded): -0.32. On 200 images the same rounding flips moved it by up to
+0.4 points either way, which is why the bench uses 1,000. At the earlier default of 1e-3 the auto path
+rejected every int8 layer of SpikeYOLO (their errors are 2-4e-3) and ran at 0.97x; 1e-2 is the default now.
 
 The choice and the times behind it are kept per layer and shape (:func:`report`); ``allow`` limits the
 candidates, ``force`` names the arithmetic of given layers (an override that skips the timing), ``prefer``

@@ -24,6 +24,18 @@ from torch import nn
 from .errors import ZooError
 
 
+@torch.no_grad()
+def _run_hooked(model: nn.Module, example, hooks) -> None:
+    """One forward of ``example`` from reset neuron state, then ``hooks`` removed and the state reset again."""
+    try:
+        functional.reset_net(model)
+        model(*example)
+    finally:
+        for h in hooks:
+            h.remove()
+        functional.reset_net(model)
+
+
 def _conv_bn_pairs(model: nn.Module, *example) -> list[tuple[str, str, torch.Tensor]]:
     """(conv, bn, the conv's input on the example) for every BN fed only by one conv's output."""
     produced: dict[int, tuple[str, torch.Tensor]] = {}
@@ -51,14 +63,7 @@ def _conv_bn_pairs(model: nn.Module, *example) -> list[tuple[str, str, torch.Ten
             hooks.append(m.register_forward_hook(conv_hook))
         if not list(m.children()):  # leaves consume tensors
             hooks.append(m.register_forward_pre_hook(any_pre_hook))
-    try:
-        functional.reset_net(model)
-        with torch.no_grad():
-            model(*example)
-    finally:
-        for h in hooks:
-            h.remove()
-        functional.reset_net(model)
+    _run_hooked(model, example, hooks)
     out = []
     modules = dict(model.named_modules())
     for bn_name, sources in pairs.items():
@@ -100,7 +105,7 @@ def fold_batchnorm(model: nn.Module, *example, rtol: float = 1e-4) -> tuple[nn.M
             _fold(conv, bn)
             diff = float((conv(x) - reference).abs().max())
             if diff > rtol * max(float(reference.abs().max()), 1.0):
-                raise ZooError(f"folding {bn_name} into {conv_name} changed its output by {diff:.3g}; cannot fold this model")
+                raise ZooError(f"folding {bn_name} into {conv_name} changed its output by {diff:.3g}; cannot fold this model: run it as built (--arith reference)")
             parent_name, _, attr = bn_name.rpartition(".")
             setattr(modules[parent_name] if parent_name else model, attr, nn.Identity())
     return model, len(pairs)
@@ -118,13 +123,7 @@ def fold_modules(model: nn.Module, *example, rtol: float = 1e-4) -> int:
         return 0
     inputs = {}
     hooks = [m.register_forward_pre_hook(lambda m, args, n=n: inputs.setdefault(n, args)) for n, m in foldable.items()]
-    try:
-        functional.reset_net(model)
-        model.eval()(*example)
-    finally:
-        for h in hooks:
-            h.remove()
-        functional.reset_net(model)
+    _run_hooked(model.eval(), example, hooks)
     done = 0
     for name, m in foldable.items():
         if name not in inputs:
@@ -133,7 +132,7 @@ def fold_modules(model: nn.Module, *example, rtol: float = 1e-4) -> int:
         if m.fold_for_inference():
             diff = _max_diff(m(*inputs[name]), want)
             if diff > rtol * max(float(want.abs().max()), 1.0):
-                raise ZooError(f"folding {name} for inference changed its output by {diff:.3g}; cannot fold this model")
+                raise ZooError(f"folding {name} for inference changed its output by {diff:.3g}; cannot fold this model: run it as built (--arith reference)")
             done += 1
     return done
 

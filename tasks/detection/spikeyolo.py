@@ -179,6 +179,16 @@ class BNAndPad(nn.Module):
         return out
 
 
+@torch.no_grad()
+def _padded_1x1(weight: torch.Tensor, bias: torch.Tensor, pad: int) -> nn.Conv2d:
+    """A plain 1x1 conv with ``weight`` ``[out, in, 1, 1]``, ``bias`` and zero padding ``pad`` (its border is the
+    bias): the inference form of a BN-and-pad block folded into its 1x1 conv (``fold_for_inference``)."""
+    conv = nn.Conv2d(weight.shape[1], weight.shape[0], 1, padding=pad, bias=True)
+    conv.weight.copy_(weight)
+    conv.bias.copy_(bias)
+    return conv
+
+
 class BNFoldedSpikeConv2d(neurons.SpikeConv2d):
     """A 1x1 conv that, in the official graph, reads ``BN(spikes)``.
 
@@ -235,11 +245,8 @@ class SepRepConv(nn.Module):
         if pw.spike_driven or self.training:
             return False
         scale, shift = pad_bn.affine()
-        conv = nn.Conv2d(pw.in_channels, pw.out_channels, 1, padding=pad_bn.pad, bias=True)
-        with torch.no_grad():
-            conv.weight.copy_(pw.weight * scale.view(1, -1, 1, 1))
-            conv.bias.copy_(pw.weight.flatten(1) @ shift)
-        self.body = nn.Sequential(conv, dw)
+        self.body = nn.Sequential(_padded_1x1(pw.weight * scale.view(1, -1, 1, 1), pw.weight.flatten(1) @ shift,
+                                              pad_bn.pad), dw)
         return True
 
     def forward(self, x):
@@ -302,11 +309,7 @@ class RepConv(nn.Module):
         if pw.spike_driven or self.training:
             return False
         scale, shift = pad_bn.affine()
-        conv = nn.Conv2d(pw.in_channels, pw.out_channels, 1, padding=pad_bn.pad, bias=True)
-        with torch.no_grad():
-            conv.weight.copy_(pw.weight * scale.view(-1, 1, 1, 1))
-            conv.bias.copy_(shift)
-        self.body = nn.Sequential(conv, rest)
+        self.body = nn.Sequential(_padded_1x1(pw.weight * scale.view(-1, 1, 1, 1), shift, pad_bn.pad), rest)
         return True
 
     def forward(self, x):
