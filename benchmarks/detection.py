@@ -24,8 +24,8 @@ the same weights and the same input (batch 1, 640x640 by default):
   CPU (VNNI / AMX-INT8 where present, AVX2 otherwise);
 * ``auto``: the fast path with each convolution on the arithmetic timed fastest
   for its input shape among those the CPU and the layer allow: fp32 direct,
-  Winograd, bf16 and int8 on spike-count inputs, the lossy two only where their
-  error on that input is within ``zoo.arith.DEFAULT_TOL`` (``zoo.arith.use_auto``);
+  Winograd, bf16 (exact on spike counts, rounding real inputs) and int8 (on
+  spike counts), the lossy two only where their error on that input is within ``zoo.arith.DEFAULT_TOL`` (``zoo.arith.use_auto``);
   ``--arith NAME`` overrides it: NAME wherever it applies, untimed. The one-off
   tuning time is reported as its compile time, the per-layer choices and
   their reasons in the JSON (``--layers`` prints them);

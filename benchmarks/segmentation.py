@@ -10,7 +10,7 @@ input, batch 1, ``--threads`` CPU threads (default 2):
 * ``fast``: :func:`tasks.segmentation.fast.optimize` (one time step, the last layer's masks, ``q (k^T v)``).
 * ``auto``: ``fast``, then BN folded and the memory format timed (:func:`zoo.fuse.optimize_for_inference`),
   then every convolution on the arithmetic timed fastest for its input shape (:func:`zoo.arith.use_auto`: fp32,
-  Winograd, and on spike counts -- NI-LIF's ``count / D`` -- bf16 and int8 within ``zoo.arith.DEFAULT_TOL``);
+  Winograd, bf16, and on spike counts -- NI-LIF's ``count / D`` -- int8; the lossy two within ``zoo.arith.DEFAULT_TOL``);
   the arithmetic chosen per convolution is reported (``--json``). Lossy where it takes bf16 / int8: the pixels'
   argmax agreement with the reference is reported beside the logits' difference.
 

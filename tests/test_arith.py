@@ -92,18 +92,45 @@ def test_choice_is_made_once_per_shape_and_reported():
     assert r["why"].startswith("fastest of")
 
 
-def test_bf16_only_for_counts_and_only_on_a_bf16_cpu():
+def test_bf16_rounds_real_inputs_within_tolerance_and_needs_a_bf16_cpu():
     c = conv(8, 8, 1)
-    (switch,) = arith.use_auto(c, bf16=True)
+    (switch,) = arith.use_auto(c, bf16=True, tol=1.0)
     with torch.no_grad():
-        c(torch.rand(1, 8, 8, 8))  # real values: bf16 would round them
-    assert "bf16" not in switch.choice[(1, 8, 8, 8)]["ms"] and "not spike counts" in switch.choice[(1, 8, 8, 8)]["why"]
+        c(torch.rand(1, 8, 8, 8))  # real values: bf16 rounds them, so it is measured and held to the tolerance
+    choice = switch.choice[(1, 8, 8, 8)]
+    assert "bf16" in choice["ms"] and 0 < choice["err"]["bf16"] < 1e-2
+    if choice["arith"] == "bf16":
+        assert choice["bf16_input"] == "rounded" and "rounds this real-valued input" in choice["why"]
+    c = conv(8, 8, 1)
+    (switch,) = arith.use_auto(c, allow=("fp32", "bf16"), bf16=True, tol=0.0)
+    with torch.no_grad():
+        c(torch.rand(1, 8, 8, 8))
+    choice = switch.choice[(1, 8, 8, 8)]
+    assert choice["arith"] == "fp32" and "bf16: error" in choice["why"] and "> tolerance 0" in choice["why"]
     c = conv(8, 8, 1)
     (switch,) = arith.use_auto(c, allow=("bf16",), bf16=False)
     with torch.no_grad():
         c(counts((1, 8, 8, 8)))
     assert switch.choice[(1, 8, 8, 8)] == {"arith": "fp32", "why": "the only candidate; bf16: the CPU has no bf16 arithmetic",
                                            "ms": switch.choice[(1, 8, 8, 8)]["ms"], "err": {}}
+
+
+def test_bf16_chosen_on_counts_falls_back_on_a_real_input_but_a_rounded_choice_stays():
+    real = torch.rand(1, 8, 8, 8, generator=torch.Generator().manual_seed(3))
+    c = conv(8, 8, 1)
+    (switch,) = arith.use_auto(c, bf16=True, prefer="bf16")
+    with torch.no_grad():
+        c(counts((1, 8, 8, 8)))
+        assert switch.choice[(1, 8, 8, 8)]["bf16_input"] == "counts"
+        assert torch.equal(c(real), nn.Conv2d._conv_forward(c, real, c.weight, c.bias))  # not counts: fp32
+    c = conv(8, 8, 1)
+    (switch,) = arith.use_auto(c, bf16=True, prefer="bf16")
+    with torch.no_grad():
+        c(torch.rand(1, 8, 8, 8))
+        assert switch.choice[(1, 8, 8, 8)]["bf16_input"] == "rounded"
+        want = nn.Conv2d._conv_forward(c, real, c.weight, c.bias)
+        got = c(real)  # chosen on a real input: stays bf16, rounded
+    assert not torch.equal(got, want) and torch.allclose(got, want, atol=2e-2 * float(want.abs().max()))
 
 
 def test_bad_overrides_are_errors():
