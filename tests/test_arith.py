@@ -126,8 +126,13 @@ def test_bf16_chosen_on_counts_falls_back_on_a_real_input_but_a_rounded_choice_s
     c = conv(8, 8, 1)
     (switch,) = arith.use_auto(c, bf16=True, prefer="bf16")
     with torch.no_grad():
+        assert torch.equal(c(real), nn.Conv2d._conv_forward(c, real, c.weight, c.bias))
+    assert "the bf16 override rounds no inputs" in switch.choice[(1, 8, 8, 8)]["why"]  # the override: counts only
+    c = conv(8, 8, 1)
+    (switch,) = arith.use_auto(c, allow=("bf16",), bf16=True, tol=1.0)
+    with torch.no_grad():
         c(torch.rand(1, 8, 8, 8))
-        assert switch.choice[(1, 8, 8, 8)]["bf16_input"] == "rounded"
+        switch.choice[(1, 8, 8, 8)].update(arith="bf16", bf16_input="rounded")  # as if timed fastest
         want = nn.Conv2d._conv_forward(c, real, c.weight, c.bias)
         got = c(real)  # chosen on a real input: stays bf16, rounded
     assert not torch.equal(got, want) and torch.allclose(got, want, atol=2e-2 * float(want.abs().max()))
