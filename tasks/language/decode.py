@@ -54,7 +54,7 @@ from torch import nn
 from zoo.errors import ZooError
 
 from .int_kernels import group_linear_int8, use_int8
-from .rotation import HadamardLinear, _hadamard, block_size
+from .rotation import HadamardLinear, apply_hadamard
 from .sdllm import SDLinear, group_linear, sqp_encode
 
 __all__ = ["FusedDecoder", "attention_step", "mlp_step"]
@@ -76,9 +76,8 @@ def _project(x: torch.Tensor, proj: tuple) -> torch.Tensor:
     codes it runs on the CPU's int8 GEMM (:mod:`tasks.language.int_kernels`, same integers; the fp32 codes
     are then not kept)."""
     w, b, gamma, bound, per_token, had = proj
-    if had is not None:  # the online Hadamard of a rotated model: x H, block by block (had: the [b, b] block)
-        n, blk = x.shape[-1], had.shape[0]
-        x = (x.float().reshape(*x.shape[:-1], n // blk, blk) @ had).reshape(x.shape).to(x.dtype)
+    if had:  # the online Hadamard of a rotated model: x H, block by block (additions only)
+        x = apply_hadamard(x)
     if isinstance(w, tuple):
         counts, g = sqp_encode(x, gamma, bound, per_token)
         flat = counts.reshape(-1, counts.shape[-1])
@@ -150,16 +149,11 @@ def mlp_step(residual, delta, ln_w, eps: float, gate, up, down, gate_up=None):
     return residual, _project(h, down)
 
 
-def _hadamard_block(n: int, device) -> torch.Tensor:
-    return _hadamard(block_size(n)).to(device=device, dtype=torch.float32)
-
-
-def _proj(m: nn.Module, int8: bool | None = None, had: torch.Tensor | None = None):
+def _proj(m: nn.Module, int8: bool | None = None, had: bool = False):
     if isinstance(m, HadamardLinear):
-        return _proj(m.linear, int8, _hadamard_block(m.in_features, m.weight.device))
+        return _proj(m.linear, int8, True)
     if isinstance(m, SDLinear):
-        if m.hadamard and had is None:
-            had = _hadamard_block(m.in_features, m.weight.device)
+        had = had or bool(m.hadamard)
         enc = (m.neuron.gamma, m.neuron.bound, m.neuron.per_token, had)
         if m.linear._exact():  # int8: the int8 codes only (1 byte per weight); else the fp32 codes
             i8 = use_int8(1, m.neuron.bound, m.weight.device) if int8 is None else int8
@@ -249,8 +243,8 @@ class FusedDecoder:
                     eps2=float(layer.post_attention_layernorm.variance_epsilon),
                     gate=P(mlp.gate_proj), up=P(mlp.up_proj), down=P(mlp.down_proj)))
                 gate, up = self.layers[-1].gate, self.layers[-1].up
-                if gate[1] is None and up[1] is None and gate[2] is None and up[2] is None and gate[5] is None \
-                        and up[5] is None:  # one GEMV for gate|up
+                if gate[1] is None and up[1] is None and gate[2] is None and up[2] is None and not gate[5] \
+                        and not up[5]:  # one GEMV for gate|up
                     self.layers[-1].gate_up = torch.cat([gate[0], up[0]]).contiguous()
             head = model.lm_head
             self.lm_w, self.lm_b = head.weight, head.bias

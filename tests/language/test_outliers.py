@@ -9,7 +9,7 @@ import torch
 
 import neurons
 from tasks.language import int_kernels
-from tasks.language.rotation import HadamardLinear, hadamard, rotate
+from tasks.language.rotation import HadamardLinear, apply_hadamard, block_size, fwht, hadamard, rotate
 from tasks.language.sdllm import SDLinear, SDLLMConfig, convert, sqp_encode
 from zoo.errors import ZooError
 
@@ -41,6 +41,17 @@ def test_rotation_keeps_full_precision_logits(build, calib_ids):
     H = hadamard(96)
     assert torch.allclose(H @ H.t(), torch.eye(96, dtype=H.dtype))
     assert torch.allclose(H.abs().unique(), torch.tensor([0.0, 32 ** -0.5], dtype=H.dtype))  # blocks of 32: +-1/sqrt(32)
+
+
+@pytest.mark.parametrize("n", [96, 768, 2048])
+def test_fast_walsh_hadamard_is_the_matrix_product(n):
+    """The online transform's additions-only butterflies equal ``x H`` (the block-diagonal Sylvester matrix)."""
+    x = torch.randn(3, 5, n, dtype=torch.float64, generator=torch.Generator().manual_seed(n))
+    want = x @ hadamard(n)
+    assert block_size(n) == {96: 32, 768: 256, 2048: 2048}[n]
+    assert torch.allclose(fwht(x, block_size(n)), want, rtol=0, atol=1e-12)
+    got = apply_hadamard(x.float())
+    assert got.dtype == torch.float32 and float((got - want).abs().max() / want.abs().max()) < 1e-6
 
 
 def test_rotation_falls_back_for_post_layernorm_encoders(calib_ids):
