@@ -122,8 +122,12 @@ def _expand(counts: torch.Tensor, groups: int, width: int) -> torch.Tensor:
     if pad:
         x = F.pad(x, (0, pad))
     x = x.to(torch.int8).reshape(n, 1, groups, width)
-    eye = torch.eye(groups, dtype=torch.int8, device=x.device).reshape(1, groups, groups, 1)
-    return (x * eye).reshape(n * groups, groups * width)
+    return (x * _eye(groups, x.device)).reshape(n * groups, groups * width)
+
+
+@lru_cache(maxsize=32)
+def _eye(groups: int, device: torch.device) -> torch.Tensor:
+    return torch.eye(groups, dtype=torch.int8, device=device).reshape(1, groups, groups, 1)
 
 
 @torch.library.custom_op("spiking_zoo::group_linear_int8", mutates_args=())
