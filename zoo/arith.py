@@ -15,7 +15,7 @@ the arithmetics it may use (:class:`AutoConv`), timed on that first input:
   where the CPU has bf16 arithmetic. Spike counts (integers of at most 256 in magnitude, checked on the
   input) are exact in bf16; the weights are rounded to bf16 (unit roundoff 2^-8) and so is the output:
   ``|bf16 - fp32| <= 2^-7 conv(|x|, |W|)`` (0.8 % of the layer's absolute sum, at most). A real-valued input
-  (SpikeYOLO's depthwise convs after a 1x1, which read BN outputs) is rounded too, which adds up to 2^-8 of
+  (SpikeYOLO's 1x1 convs after a depthwise one, which read its real-valued output) is rounded too, which adds up to 2^-8 of
   ``conv(|x|, |W|)``; such a choice is marked ``bf16_input: rounded`` and its later inputs are not checked
   for counts (those chosen on counts are, and fall back to fp32 on an input that is not). The override
   ``prefer="bf16"`` (``--arith bf16``: untimed, no tolerance) keeps bf16 to count inputs: on the demo
@@ -42,8 +42,9 @@ EPYC): BN folding alone, exact up to last bits, moved it by -0.08 points, all-Wi
 auto (tolerance 1e-2) +0.06, bf16 autocast -0.03; a scratch run before the BN-pad folds put every count-fed
 layer in bf16 (weights and outputs rounded): -0.32. On 200 images the same rounding flips moved it by up to
 0.4 points either way, which is why the bench uses 1,000. Admitting real-valued inputs to bf16 (within
-the same tolerance) moved SpikeYOLO-s's auto path on an AMX Xeon from int8 88 / fp32 42 to int8 88 / bf16 14
-/ fp32 28 convolution calls and from 2.62x (all-int8, same run) to 2.87x the reference. At the earlier default of 1e-3 the auto path
+the same tolerance) put 14-16 of SpikeYOLO-s's 130 convolution calls in bf16 on an AMX Xeon; its auto path
+ran at 2.87x / 3.38x the reference where all-int8 ran at 2.62x / 2.60x (two bench runs). At the earlier
+default of 1e-3 the auto path
 rejected every int8 layer of SpikeYOLO (their errors are 2-4e-3) and ran at 0.97x; 1e-2 is the default now.
 
 The choice and the times behind it are kept per layer and shape (:func:`report`); ``allow`` limits the

@@ -19,7 +19,8 @@ or per-layer step quantises every channel well. For a pre-RMSNorm decoder
   (:class:`HadamardLinear`; additions only: :func:`fwht`, the fast
   Walsh-Hadamard transform, ``log2 b`` add/subtract stages and one scaling --
   the product with the ``[b, b]`` matrix it replaced read 16 MB per decode step
-  and layer for ``b = 2048`` and took ~40 % of a W4 decode step).
+  and layer for ``b = 2048``: a 134M model's W4 fused step took 73-76 ms with
+  it, 55-58 ms with this, same tokens).
 
 :math:`Q = \mathrm{diag}(\pm 1) \cdot \mathrm{blockdiag}(H_b)` (randomised
 Hadamard, QuaRot), :math:`H_b` the Sylvester Hadamard matrix
