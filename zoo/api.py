@@ -98,4 +98,8 @@ def load(
     if card.classes:
         model.names = list(card.classes)
     neurons.auto_reset(model)
+    if getattr(model, "hf_device_map", None) is not None:  # placed by accelerate (device_map=...): not moved
+        if torch.device(device) != torch.device("cpu"):
+            raise ZooError("pass device_map or device, not both (device_map places every module itself)")
+        return model.eval()
     return model.eval().to(device)

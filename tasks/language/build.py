@@ -177,7 +177,7 @@ def build_sdllm(name: str, hf_repo: str | None, base=None, *, D: int = 7, clip: 
                 group_size: int = 128, gamma_rule: str = "mse", calibration=None, calib_file=None,
                 calib_samples: int = DEFAULT_CALIB["samples"], calib_seq_len: int = DEFAULT_CALIB["seq_len"],
                 dtype: str = "float32", cache: bool = True, calib_device: str | None = None,
-                layerwise: bool | None = None, **extra):
+                layerwise: bool | None = None, device_map=None, offload_folder=None, max_memory=None, **extra):
     """Build (convert or load from cache) the SDLLM model of ``base``; see the module docstring.
 
     ``calibration``: token ids ``[N, L]`` or a list of texts; ``calib_file``: a
@@ -189,7 +189,10 @@ def build_sdllm(name: str, hf_repo: str | None, base=None, *, D: int = 7, clip: 
     from the safetensors shards (:mod:`tasks.language.layerwise`; the same
     converted model at the memory of a few blocks); ``None``: when the base's
     weights in ``dtype`` exceed ``WHOLE_MODEL_FRACTION`` of the available
-    memory. Other keywords are :class:`SDLLMConfig` fields.
+    memory. ``device_map`` (``"auto"``, ``"balanced"``, ``"sequential"`` or ``{module: device}``, with
+    ``offload_folder`` for ``"disk"`` and ``max_memory``): load the converted model from its cache spread over
+    GPUs, CPU memory and disk with accelerate (:mod:`tasks.language.offload`; converted first if not cached).
+    Other keywords are :class:`SDLLMConfig` fields.
     """
     _require_transformers()
     if dtype not in _DTYPES:
@@ -210,6 +213,23 @@ def build_sdllm(name: str, hf_repo: str | None, base=None, *, D: int = 7, clip: 
     cached = hub.cache_dir() / CACHE_SUBDIR / f"{name}-{key}.safetensors"
 
     meta = _verify_cached(cached) if cache and cached.exists() else None
+    if device_map is not None:
+        from .offload import load_dispatched, require_accelerate
+
+        require_accelerate()  # before converting, not after
+        if not cache:
+            raise ZooError("device_map loads the converted model from its cache file: drop cache=False")
+        if meta is None:  # convert (whole or layer by layer) and write the cache, then load from it
+            build_sdllm(name, hf_repo, base, D=D, clip=clip, w_bits=w_bits, group_size=group_size, gamma_rule=gamma_rule,
+                        calibration=calibration, calib_file=calib_file, calib_samples=calib_samples,
+                        calib_seq_len=calib_seq_len, dtype=dtype, calib_device=calib_device, layerwise=layerwise,
+                        **extra)  # the model it returns is dropped here
+            meta = _verify_cached(cached)
+        skeleton = _skeleton(path_base, torch_dtype)
+        replace_structure(skeleton, config)
+        model = load_dispatched(skeleton, cached, device_map, offload_folder, max_memory, torch_dtype)
+        model.sdllm = {**meta, "cache": str(cached), "from_cache": True, "device_map": dict(model.hf_device_map)}
+        return model.eval()
     if meta is not None:
         model = _load_cached(path_base, config, torch_dtype, cached)
         model.sdllm = {**meta, "cache": str(cached), "from_cache": True}

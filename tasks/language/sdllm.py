@@ -873,9 +873,10 @@ def pack_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
-@torch.no_grad()
-def unpack_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Load :func:`pack_state` output into a skeleton (``replace_structure`` applied, any device incl. meta)."""
+def unpacked_values(model: nn.Module, get):
+    """``(name, value)`` for every parameter and buffer of a skeleton from :func:`pack_state` output, read one
+    tensor at a time through ``get(key) -> tensor or None`` (a dict's ``get``, or a lazy safetensors reader):
+    the quantised weights dequantised from their codes, in the skeleton's dtype."""
     from zoo.errors import WeightsError
 
     quantised = {f"{n}.linear.weight": m for n, m in model.named_modules() if isinstance(m, SDLinear) and m.w_bits}
@@ -886,19 +887,28 @@ def unpack_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
         if name in quantised:
             m = quantised[name]
             base = name[: -len("weight")]
-            if base + "qweight" not in state:
+            q = get(base + "qweight")
+            if q is None:
                 missing.append(base + "qweight")
                 continue
-            q = state[base + "qweight"]
             codes = _unpack4(q, m.in_features) if m.w_bits <= 4 else q
-            value = dequantize_weight(codes, state[base + "qscale"], m.group_size, dtype=t.dtype)
-        elif name in state:
-            value = state[name]
+            value = dequantize_weight(codes, get(base + "qscale"), m.group_size, dtype=t.dtype)
         else:
-            missing.append(name)
-            continue
+            value = get(name)
+            if value is None:
+                missing.append(name)
+                continue
         if tuple(value.shape) != tuple(t.shape):
             raise WeightsError(f"cached tensor {name} has shape {list(value.shape)}, the model {list(t.shape)}; delete the cache file")
-        t.copy_(value.to(t.dtype))
+        yield name, value.to(t.dtype)
     if missing:
         raise WeightsError(f"cached SDLLM state misses {len(missing)} tensors (e.g. {missing[0]}); delete the cache file")
+
+
+@torch.no_grad()
+def unpack_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load :func:`pack_state` output into a skeleton (``replace_structure`` applied, any device incl. meta)."""
+    tensors = dict(model.named_parameters())
+    tensors.update(dict(model.named_buffers()))
+    for name, value in unpacked_values(model, state.get):
+        tensors[name].copy_(value)
