@@ -138,11 +138,11 @@ def attention_step(residual, delta, ln_w, eps: float, projs, o, cos, sin, pos,
 def mlp_step(residual, delta, ln_w, eps: float, gate, up, down, gate_up=None):
     """Post-attention residual add, RMSNorm and the SwiGLU MLP; ``gate/up/down``: projections (:func:`_project`).
 
-    ``gate_up``: full precision only, the gate and up weights stacked ``[2 I, H]`` (one GEMV for both)."""
+    ``gate_up``: gate and up as one projection (:func:`_merge`: one product for both), or None."""
     residual = residual + delta
     x = _rms(residual, ln_w, eps)
     if gate_up is not None:
-        g, u = _project(x, (gate_up, None, None, 0, False, None)).chunk(2, -1)
+        g, u = _project(x, gate_up).chunk(2, -1)
     else:
         g, u = _project(x, gate), _project(x, up)
     h = F.silu(g) * u
@@ -163,6 +163,34 @@ def _proj(m: nn.Module, int8: bool | None = None, had: bool = False):
     if type(m) is nn.Linear:
         return (m.weight, m.bias, None, 0, False, had)
     raise ZooError(f"fused decode supports nn.Linear and SDLinear projections, got {type(m).__name__}")
+
+
+def _merge(projs: list[tuple]) -> tuple | None:
+    """Projections of one input as one (outputs concatenated: q|k|v, gate|up), or None where they differ in
+    what they do to the input. Full precision: the weights stacked. SDLLM: where their encoders are the same
+    (gamma, bound, per-token, Hadamard; q/k/v usually are, calibrated on the same input), the counts are the
+    same, so one grouped product with the codes and scales stacked along the outputs gives each output the same
+    integer partials and the same epilogue as its own projection (bit for bit), from one encoding."""
+    (w0, _, g0, *enc0), rest = projs[0], projs[1:]
+    for w, _, g, *enc in rest:
+        if enc != enc0 or isinstance(w, tuple) != isinstance(w0, tuple) or (g is None) != (g0 is None):
+            return None
+        if g is not None and not torch.equal(g, g0):
+            return None
+        if isinstance(w, tuple) and ((w[0] is None) != (w0[0] is None) or (w[2] is None) != (w0[2] is None)
+                                     or w[1].shape[0] != w0[1].shape[0]):
+            return None
+    given = [b for _, b, *_ in projs if b is not None]
+    bias = None if not given else torch.cat([given[0].new_zeros(_out(w)) if b is None else b for w, b, *_ in projs])
+    if not isinstance(w0, tuple):
+        return (torch.cat([w for w, *_ in projs]).contiguous(), bias, g0, *enc0)
+    cat = lambda i, dim: None if w0[i] is None else torch.cat([w[i] for w, *_ in projs], dim).contiguous()  # noqa: E731
+    return ((cat(0, -1), cat(1, -1), cat(2, 0)), bias, g0, *enc0)
+
+
+def _out(w) -> int:
+    """Output features of a projection's weight (a tensor ``[out, in]`` or SDLLM's ``(codes, scales, int8)``)."""
+    return w[1].shape[-1] if isinstance(w, tuple) else w.shape[0]
 
 
 def _cache_tensors(cache, n_layers: int):
@@ -190,7 +218,7 @@ class _Layer:
     gate: tuple
     up: tuple
     down: tuple
-    gate_up: torch.Tensor | None = None
+    gate_up: tuple | None = None
 
 
 class FusedDecoder:
@@ -232,20 +260,14 @@ class FusedDecoder:
                 att, mlp = layer.self_attn, layer.mlp
                 P = lambda m: _proj(m, int8)  # noqa: E731
                 q, k, v = P(att.q_proj), P(att.k_proj), P(att.v_proj)
-                if q[2] is None and k[2] is None and v[2] is None:  # full precision: one GEMV for q|k|v
-                    b = None if q[1] is None else torch.cat([q[1], k[1], v[1]])
-                    projs = [(torch.cat([q[0], k[0], v[0]]).contiguous(), b, None, 0, False, None)]
-                else:
-                    projs = [q, k, v]
+                qkv = _merge([q, k, v])
+                projs = [q, k, v] if qkv is None else [qkv]
                 self.layers.append(_Layer(
                     ln1=layer.input_layernorm.weight, eps1=float(layer.input_layernorm.variance_epsilon), projs=projs,
                     o=P(att.o_proj), ln2=layer.post_attention_layernorm.weight,
                     eps2=float(layer.post_attention_layernorm.variance_epsilon),
                     gate=P(mlp.gate_proj), up=P(mlp.up_proj), down=P(mlp.down_proj)))
-                gate, up = self.layers[-1].gate, self.layers[-1].up
-                if gate[1] is None and up[1] is None and gate[2] is None and up[2] is None and not gate[5] \
-                        and not up[5]:  # one GEMV for gate|up
-                    self.layers[-1].gate_up = torch.cat([gate[0], up[0]]).contiguous()
+                self.layers[-1].gate_up = _merge([self.layers[-1].gate, self.layers[-1].up])
             head = model.lm_head
             self.lm_w, self.lm_b = head.weight, head.bias
             if weight_dtype is not None and weight_dtype != self.dtype:
@@ -255,7 +277,7 @@ class FusedDecoder:
                 for L in self.layers:
                     L.projs = [(cast(w), cast(b), *e) for w, b, *e in L.projs]
                     L.o, L.gate, L.up, L.down = [(cast(w), cast(b), *e) for w, b, *e in (L.o, L.gate, L.up, L.down)]
-                    L.gate_up = cast(L.gate_up)
+                    L.gate_up = None if L.gate_up is None else (cast(L.gate_up[0]), cast(L.gate_up[1]), *L.gate_up[2:])
                 self.lm_w, self.lm_b = cast(self.lm_w), cast(self.lm_b)
             self.weight_dtype = weight_dtype or self.dtype
             positions = torch.arange(self.max_len, device=self.device)[None]

@@ -104,3 +104,33 @@ def test_fp16_weight_copies_stay_within_clusterfusion_tolerance():
     for t in ref_tokens[0, 5:-1]:
         forced.append(dec.step(t[None]))
     assert float((torch.stack(forced, 1) - ref).abs().max()) < 5e-2
+
+
+def test_merged_projections_are_bit_identical_to_separate_ones(calib_ids, monkeypatch):
+    """q|k|v and gate|up with the same encoder run as one grouped product: the same logits, bit for bit."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    import tasks.language.decode as decode
+
+    torch.manual_seed(0)
+    qwen = Qwen2ForCausalLM(Qwen2Config(vocab_size=320, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2, eos_token_id=None,
+                                        pad_token_id=0)).eval()  # q/k/v biases
+    ids = calib_ids[:1, :6]
+    from tasks.language import int_kernels
+
+    models = (convert(_llama(), calib_ids, SDLLMConfig(group_size=32)), convert(qwen, calib_ids, SDLLMConfig(group_size=32)))
+    for model, int8 in [(m, i8) for m in models for i8 in (False, True) if i8 is False or int_kernels.available()]:
+        merged = FusedDecoder(model, max_len=40, compile=False, int8=int8)
+        assert any(len(L.projs) == 1 for L in merged.layers)  # q/k/v share their calibrated encoder here
+        for L, layer in zip(merged.layers, model.model.layers):  # merged only where the encoders agree
+            att = layer.self_attn
+            gammas = {float(m.neuron.gamma) for m in (att.q_proj, att.k_proj, att.v_proj)}
+            assert (len(L.projs) == 1) == (len(gammas) == 1)
+        tokens, logits = merged.generate(ids, 12, return_logits=True)
+        with monkeypatch.context() as m:
+            m.setattr(decode, "_merge", lambda projs: None)
+            separate = FusedDecoder(model, max_len=40, compile=False, int8=int8)
+            assert all(len(L.projs) == 3 and L.gate_up is None for L in separate.layers)
+            want_tokens, want = separate.generate(ids, 12, return_logits=True)
+        assert torch.equal(logits, want) and torch.equal(tokens, want_tokens)
