@@ -6,7 +6,7 @@ decode step is *one function* compiled with ``torch.compile``:
 
     residual += delta                       (the previous block's output)
     x = RMSNorm(residual)
-    q, k, v = x Wqkv (+ b)                  (one GEMV for q|k|v; SDLLM: Ternary-encoded x per projection)
+    q, k, v = x Wqkv (+ b)                  (one product for q|k|v; SDLLM: one encoding where they share it)
     q, k = RoPE(q, k, cos[pos], sin[pos])   (NeoX rotate-half, as transformers' Llama)
     K[:, :, pos], V[:, :, pos] = k, v       (in-place write into the static cache)
     a = softmax(q K^T / sqrt(d) + mask(pos)) V   over the whole static cache (positions > pos masked)
@@ -14,8 +14,9 @@ decode step is *one function* compiled with ``torch.compile``:
 
 The cache has a fixed length, so every step and every layer has the same
 shapes: the function compiles once and is reused. The MLP (post-attention
-RMSNorm, gate|up as one GEMV in full precision, down) is compiled as a second function (not fused with the
-attention, as in ClusterFusion); the final norm and lm_head run eagerly.
+RMSNorm, gate|up as one product -- SDLLM: where they share their encoder --,
+down) is compiled as a second function (not fused with the attention, as in
+ClusterFusion); the final norm and lm_head run eagerly.
 
 The prompt runs as one batched forward of the model (its keys and values
 are copied into the static cache), then each new token goes through the
