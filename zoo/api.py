@@ -68,6 +68,8 @@ def load(
     """
     if mode not in MODES:
         raise ZooError(f"mode must be one of {MODES}, got {mode!r}")
+    if options.get("device_map") is not None and torch.device(device) != torch.device("cpu"):
+        raise ZooError("pass device_map or device, not both (device_map places every module itself)")
     card = info(name)
     try:
         model = get(name).builder(**options)
@@ -99,7 +101,5 @@ def load(
         model.names = list(card.classes)
     neurons.auto_reset(model)
     if getattr(model, "hf_device_map", None) is not None:  # placed by accelerate (device_map=...): not moved
-        if torch.device(device) != torch.device("cpu"):
-            raise ZooError("pass device_map or device, not both (device_map places every module itself)")
         return model.eval()
     return model.eval().to(device)

@@ -212,32 +212,24 @@ def build_sdllm(name: str, hf_repo: str | None, base=None, *, D: int = 7, clip: 
     key = cache_key(name, path_base, config, calib_spec, dtype)
     cached = hub.cache_dir() / CACHE_SUBDIR / f"{name}-{key}.safetensors"
 
-    meta = _verify_cached(cached) if cache and cached.exists() else None
+    placement = None  # device_map: where the converted model is loaded from its cache file (tasks.language.offload)
     if device_map is not None:
-        from .offload import load_dispatched, require_accelerate
+        from .offload import require_accelerate
 
         require_accelerate()  # before converting, not after
         if not cache:
             raise ZooError("device_map loads the converted model from its cache file: drop cache=False")
-        if meta is None:  # convert (whole or layer by layer) and write the cache, then load from it
-            build_sdllm(name, hf_repo, base, D=D, clip=clip, w_bits=w_bits, group_size=group_size, gamma_rule=gamma_rule,
-                        calibration=calibration, calib_file=calib_file, calib_samples=calib_samples,
-                        calib_seq_len=calib_seq_len, dtype=dtype, calib_device=calib_device, layerwise=layerwise,
-                        **extra)  # the model it returns is dropped here
-            meta = _verify_cached(cached)
-        skeleton = _skeleton(path_base, torch_dtype)
-        replace_structure(skeleton, config)
-        model = load_dispatched(skeleton, cached, device_map, offload_folder, max_memory, torch_dtype)
-        model.sdllm = {**meta, "cache": str(cached), "from_cache": True, "device_map": dict(model.hf_device_map)}
-        return model.eval()
+        placement = dict(device_map=device_map, offload_folder=offload_folder, max_memory=max_memory)
+
+    meta = _verify_cached(cached) if cache and cached.exists() else None
     if meta is not None:
-        model = _load_cached(path_base, config, torch_dtype, cached)
+        model = _load_cached(path_base, config, torch_dtype, cached, placement)
         model.sdllm = {**meta, "cache": str(cached), "from_cache": True}
         return model.eval()
 
     if _use_layerwise(layerwise, path_base, torch_dtype, config):
         return _build_layerwise(name, path_base, config, torch_dtype, key, cached if cache else None, calibration,
-                                calib_file, calib_samples, calib_seq_len, calib_device)
+                                calib_file, calib_samples, calib_seq_len, calib_device, placement)
     model, tok = load_base(path_base, torch_dtype)
     if calib_device is not None:
         model.to(calib_device)
@@ -258,13 +250,24 @@ def build_sdllm(name: str, hf_repo: str | None, base=None, *, D: int = 7, clip: 
         save_safetensors(pack_state(model), cached, metadata={"model": name, "key": key})
         atomic_write_text(cached.with_name(cached.name + ".json"), json.dumps(info, indent=1))
         atomic_write_text(cached.with_name(cached.name + ".sha256"), hub.sha256_file(cached) + "\n")  # last: the seal
+    if placement is not None:  # converted whole in memory; placed from the cache just written
+        del model
+        model = _load_cached(path_base, config, torch_dtype, cached, placement)
     model.sdllm = {**info, "cache": str(cached) if cache else None, "from_cache": False, "layerwise": False}
     return model.eval()
 
 
-def _load_cached(path_base: Path, config: SDLLMConfig, torch_dtype: torch.dtype, cached: Path):
-    """The converted model from its cache file: a skeleton from ``config.json``, the packed state loaded into it."""
+def _load_cached(path_base: Path, config: SDLLMConfig, torch_dtype: torch.dtype, cached: Path, placement=None):
+    """The converted model from its cache file: a skeleton from ``config.json``, the packed state loaded into it;
+    with ``placement`` (``device_map``, ``offload_folder``, ``max_memory``) tensor by tensor onto its devices."""
     from safetensors.torch import load_file
+
+    if placement is not None:
+        from .offload import load_dispatched
+
+        skeleton = _skeleton(path_base, torch_dtype)
+        replace_structure(skeleton, config)
+        return load_dispatched(skeleton, cached, dtype=torch_dtype, **placement)
 
     try:
         state = load_file(str(cached))
@@ -305,7 +308,7 @@ def _use_layerwise(option, path_base: Path, torch_dtype: torch.dtype, config: SD
 
 
 def _build_layerwise(name, path_base, config, torch_dtype, key, cached, calibration, calib_file, calib_samples,
-                     calib_seq_len, calib_device):
+                     calib_seq_len, calib_device, placement=None):
     """Convert block by block (:mod:`tasks.language.layerwise`) into the cache file, then load it from there."""
     from transformers import AutoConfig
 
@@ -330,7 +333,7 @@ def _build_layerwise(name, path_base, config, torch_dtype, key, cached, calibrat
         if cached is not None:
             atomic_write_text(cached.with_name(cached.name + ".json"), json.dumps(info, indent=1))
             atomic_write_text(cached.with_name(cached.name + ".sha256"), hub.sha256_file(cached) + "\n")  # the seal
-        model = _load_cached(path_base, config, torch_dtype, target)
+        model = _load_cached(path_base, config, torch_dtype, target, placement)
     finally:
         if cached is None:
             target.unlink(missing_ok=True)

@@ -275,10 +275,12 @@ class FusedDecoder:
                 def cast(t):  # SDLLM's exact (codes, scales) stay as they are
                     return t if t is None or isinstance(t, tuple) else t.detach().to(weight_dtype).contiguous()
 
+                def cast_proj(p):
+                    return None if p is None else (cast(p[0]), cast(p[1]), *p[2:])
+
                 for L in self.layers:
-                    L.projs = [(cast(w), cast(b), *e) for w, b, *e in L.projs]
-                    L.o, L.gate, L.up, L.down = [(cast(w), cast(b), *e) for w, b, *e in (L.o, L.gate, L.up, L.down)]
-                    L.gate_up = None if L.gate_up is None else (cast(L.gate_up[0]), cast(L.gate_up[1]), *L.gate_up[2:])
+                    L.projs = [cast_proj(p) for p in L.projs]
+                    L.o, L.gate, L.up, L.down, L.gate_up = map(cast_proj, (L.o, L.gate, L.up, L.down, L.gate_up))
                 self.lm_w, self.lm_b = cast(self.lm_w), cast(self.lm_b)
             self.weight_dtype = weight_dtype or self.dtype
             positions = torch.arange(self.max_len, device=self.device)[None]

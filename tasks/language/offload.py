@@ -93,7 +93,7 @@ def load_dispatched(skeleton: torch.nn.Module, cached: Path, device_map, offload
     buffers = {n for n, _ in skeleton.named_buffers()}
     with safe_open(str(cached), framework="pt") as f:
         keys = set(f.keys())
-        for name, value in unpacked_values(skeleton, lambda k: f.get_tensor(k) if k in keys else None):
+        for name, _, value in unpacked_values(skeleton, lambda k: f.get_tensor(k) if k in keys else None):
             device = device_map[_owner(name, device_map)]
             if device == "disk" and name in buffers:
                 device = "cpu"  # accelerate keeps an offloaded module's buffers in memory (on a meta one it runs on garbage)

@@ -874,7 +874,7 @@ def pack_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def unpacked_values(model: nn.Module, get):
-    """``(name, value)`` for every parameter and buffer of a skeleton from :func:`pack_state` output, read one
+    """``(name, tensor, value)`` for every parameter and buffer ``tensor`` of a skeleton from :func:`pack_state` output, read one
     tensor at a time through ``get(key) -> tensor or None`` (a dict's ``get``, or a lazy safetensors reader):
     the quantised weights dequantised from their codes, in the skeleton's dtype."""
     from zoo.errors import WeightsError
@@ -900,7 +900,7 @@ def unpacked_values(model: nn.Module, get):
                 continue
         if tuple(value.shape) != tuple(t.shape):
             raise WeightsError(f"cached tensor {name} has shape {list(value.shape)}, the model {list(t.shape)}; delete the cache file")
-        yield name, value.to(t.dtype)
+        yield name, t, value.to(t.dtype)
     if missing:
         raise WeightsError(f"cached SDLLM state misses {len(missing)} tensors (e.g. {missing[0]}); delete the cache file")
 
@@ -908,7 +908,5 @@ def unpacked_values(model: nn.Module, get):
 @torch.no_grad()
 def unpack_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Load :func:`pack_state` output into a skeleton (``replace_structure`` applied, any device incl. meta)."""
-    tensors = dict(model.named_parameters())
-    tensors.update(dict(model.named_buffers()))
-    for name, value in unpacked_values(model, state.get):
-        tensors[name].copy_(value)
+    for _, tensor, value in unpacked_values(model, state.get):
+        tensor.copy_(value)

@@ -17,17 +17,25 @@ from .conftest import tiny_llama
 pytest.importorskip("accelerate", reason="device_map needs accelerate (pip install accelerate; the [test] extra has it)")
 
 
-@pytest.mark.parametrize("arch", ["llama", "tied"])
-def test_blocks_on_disk_give_the_outputs_of_the_whole_model(zoo_home, tmp_path, tokenizer, arch):
+@pytest.mark.parametrize("arch,convert", [("llama", "cached"), ("llama", "whole"), ("tied", "layerwise")])
+def test_blocks_on_disk_give_the_outputs_of_the_whole_model(zoo_home, tmp_path, tokenizer, arch, convert):
+    """``convert``: loaded from a cache the plain load wrote, or converted by this load (whole / layer by layer)."""
     base = tiny_llama(layers=3) if arch == "llama" else _tied_llama()
     path = _save(base, tmp_path / "base", tokenizer)
     opts = dict(OPTS, rotate=arch == "llama")
-    whole = zoo.load("sdllm-llama2-7b", pretrained=False, base=str(path), **opts)
     device_map = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.layers.0": "cpu",
                   "model.layers.1": "disk", "model.layers.2": "disk", "model.norm": "cpu", "lm_head": "cpu"}
-    spread = zoo.load("sdllm-llama2-7b", pretrained=False, base=str(path), device_map=device_map,
-                      offload_folder=str(tmp_path / "offload"), **opts)
-    assert spread.sdllm["device_map"] == device_map and spread.sdllm["from_cache"]
+    load_spread = lambda: zoo.load("sdllm-llama2-7b", pretrained=False, base=str(path), device_map=device_map,  # noqa: E731
+                                   offload_folder=str(tmp_path / "offload"), layerwise=convert == "layerwise", **opts)
+    spread = load_spread() if convert != "cached" else None
+    whole = zoo.load("sdllm-llama2-7b", pretrained=False, base=str(path), layerwise=False, **opts)
+    assert whole.sdllm["from_cache"] == (convert != "cached")
+    if spread is None:
+        spread = load_spread()
+        assert spread.sdllm["from_cache"]
+    else:
+        assert not spread.sdllm["from_cache"] and spread.sdllm["layerwise"] == (convert == "layerwise")
+    assert spread.hf_device_map == device_map
     assert spread.model.layers[1].mlp.down_proj.weight.device.type == "meta"  # on disk, brought in per forward
     assert (tmp_path / "offload" / "index.json").exists()
     ids = torch.randint(3, 300, (2, 20), generator=torch.Generator().manual_seed(0))
@@ -35,7 +43,7 @@ def test_blocks_on_disk_give_the_outputs_of_the_whole_model(zoo_home, tmp_path, 
         assert torch.equal(spread(ids).logits, whole(ids).logits)
     assert torch.equal(_generate(spread, ids[:1, :8]), _generate(whole, ids[:1, :8]))
     auto = zoo.load("sdllm-llama2-7b", pretrained=False, base=str(path), device_map="auto", **opts)
-    assert set(auto.sdllm["device_map"].values()) == {"cpu"}  # no GPU here: everything in CPU memory
+    assert set(auto.hf_device_map.values()) == {"cpu"}  # no GPU here: everything in CPU memory
     with torch.no_grad():
         assert torch.equal(auto(ids).logits, whole(ids).logits)
 
@@ -51,6 +59,8 @@ def test_device_map_errors_are_one_line(zoo_home, tmp_path, tokenizer, monkeypat
         load(device_map="everywhere")
     with pytest.raises(ZooError, match="drop cache=False"):
         load(device_map="auto", cache=False)
+    with pytest.raises(ZooError, match="device_map or device, not both"):
+        load(device_map="auto", device="cuda")
     monkeypatch.setitem(sys.modules, "accelerate", None)  # as if not installed
     with pytest.raises(ZooError, match="pip install accelerate"):
         load(device_map="auto")
