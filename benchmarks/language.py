@@ -21,8 +21,10 @@ tokens, int4 weights, layer replacement), the fused decode of the converted
 model relative to its eager decode, and issue 11's goals side by side: the
 SDLLM W4 fused decode relative to the full-precision base's eager
 ``generate`` (goal >= 3x), full-precision fused vs eager (>= 1.6x),
-conversion < 2 min; with the CPU's flags (the int8 path runs only where it
-measures faster: :func:`tasks.language.int_kernels.faster`).
+conversion < 2 min; with the CPU's flags, each group kernel's time on one
+decode row (fp32 batched product, int8 GEMM, packed int4: the fused decode
+picks the fastest that fits, :func:`tasks.language.int_kernels.choose`) and
+the uncompiled fused decode on each kernel that runs, with its tokens checked.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import json
 import statistics
 import time
 
+from zoo.errors import ZooError
 from zoo.plugin import Verb
 
 from . import progress
@@ -134,16 +137,22 @@ def run(size: str = "134m", new_tokens: int = 32, prompt: int = 16, repeats: int
         progress("SDLLM fused decode and the full-precision base's eager generate, run by run in turn")
         t_base, t_sd = _interleaved(eager(base), lambda: dec.generate(ids, new_tokens), repeats)
         del base
-        from tasks.language import int_kernels
+        from tasks.language import int4_kernel, int_kernels
 
-        int8 = {"available": int_kernels.available(), "faster": int_kernels.faster(), "cpu": int_kernels.cpu_features(),
-                "decode_row_s": int_kernels.timing()}
-        if int8["available"] and int8["faster"]:
-            progress("SDLLM: fused decode, group partials as int8 GEMM vs fp32 batched product (both eager)")
-            paths = {k: FusedDecoder(model, max_len=prompt + new_tokens, compile=False, int8=k) for k in (True, False)}
-            times = {k: _time(lambda d=d: d.generate(ids, new_tokens), repeats) for k, d in paths.items()}
-            int8.update(speedup=times[False][0] / times[True][0],
-                        same_tokens=bool(torch.equal(times[True][1], ref) and torch.equal(times[False][1], ref)))
+        kernels = {"cpu": int_kernels.cpu_features(), "decode_row_s": int_kernels.timing(), "int4": int4_kernel.status(),
+                   "chosen": sorted({_kernel_of(p) for L in dec.layers for p in (*L.projs, L.o, L.down, L.gate_up or L.gate)})}
+        progress("SDLLM: fused decode (uncompiled) on each group kernel that runs here")
+        paths = {}
+        for k in ("fp32", "int8", "int4"):
+            if k == "int8" and not int_kernels.faster():
+                continue  # torch._int_mm without VNNI / AMX: 100-300x slower (its decode-row time is printed)
+            try:
+                paths[k] = FusedDecoder(model, max_len=prompt + new_tokens, compile=False, kernel=k)
+            except ZooError:
+                continue
+        times = {k: _time(lambda d=d: d.generate(ids, new_tokens), repeats) for k, d in paths.items()}
+        kernels["vs_fp32"] = {k: times["fp32"][0] / t for k, (t, _) in times.items()}
+        kernels["same_tokens"] = {k: bool(torch.equal(o, ref)) for k, (_, o) in times.items()}
     report["goals"] = {  # issue 11: W4 fused vs the base's eager generate >= 3x; fp fused vs eager >= 1.6x; < 120 s
         "sdllm_fused_vs_fp_eager": t_base / t_sd,
         "fp_fused_vs_fp_eager": report["fp"]["speedup"], "conversion_s": report["conversion_s"]}
@@ -152,8 +161,16 @@ def run(size: str = "134m", new_tokens: int = 32, prompt: int = 16, repeats: int
     report["sdllm"] = {"eager_tok_s": new_tokens / t_eager, "fused_tok_s": new_tokens / t_fused,
                        "speedup": t_eager / t_fused, "compile_s": compile_s,
                        "same_tokens": bool(torch.equal(out, ref)), "activity": activity(model, ref).to_dict(),
-                       "int8": int8}
+                       "kernels": kernels}
     return report
+
+
+def _kernel_of(proj) -> str:
+    """The group kernel of a fused-decode projection (:func:`tasks.language.decode._project`)."""
+    w = proj[0]
+    if not isinstance(w, tuple):
+        return "dense"
+    return "int4" if w[3] is not None else "int8" if w[2] is not None else "fp32"
 
 
 def cpu_flags() -> str:
@@ -192,16 +209,12 @@ def run_bench(args) -> None:
     print(f"full precision, fp16 weight copies (ClusterFusion's precision): fused decode {h['speedup']:.2f}x the "
           f"tokens/s of transformers eager fp32 generate; logits vs the fp32 path max-abs {h['max_abs_logits']:.2g} "
           f"(ClusterFusion's tolerance 5e-2); same tokens: {h['same_tokens']}")
-    i8 = report["sdllm"]["int8"]
-    if i8["available"] and i8["faster"]:
-        print(f"SDLLM decode with int8 x int8 -> int32 group partials (torch._int_mm; {i8['cpu']}): "
-              f"{i8['speedup']:.2f}x the fp32 batched product's tokens/s; same tokens as eager: {i8['same_tokens']}")
-    elif i8["available"]:
-        t = i8["decode_row_s"]
-        print(f"SDLLM int8 GEMM path: off here, measured {t['int8_s'] / t['fp32_s']:.1f}x slower than the fp32 batched "
-              f"product on one decode row (torch._int_mm without VNNI / AMX: {i8['cpu']}); the fp32 product runs")
-    else:
-        print("SDLLM int8 GEMM path: not available on this CPU (the fp32 batched product runs)")
+    k = report["sdllm"]["kernels"]
+    row = ", ".join(f"{n[:-2]} {t * 1e6:.0f} us" for n, t in k["decode_row_s"].items())
+    print(f"SDLLM group kernels, one decode row of a 1024x1024 layer: {row} (int4 kernel: "
+          f"{k['int4'].get('isa') or k['int4']['why']}); the fused decode chose {', '.join(k['chosen'])}")
+    print("SDLLM fused decode (uncompiled) per kernel vs the fp32 batched product: "
+          + ", ".join(f"{n} {r:.2f}x (same tokens: {k['same_tokens'][n]})" for n, r in k["vs_fp32"].items()))
     print(f"SDLLM conversion ({report['calib_sequences']} calibration sequences of 128 tokens + int4 weights + "
           f"layer replacement): {report['conversion_s']:.2f} s")
     g = report["goals"]
@@ -229,8 +242,9 @@ def summary(size: str = "quick") -> dict:
     first 200 kB of its training split: the zoo ships no held-out text, the test plays are downloaded from
     the package index), firing rate and energy per token on the first window, and greedy decode (prompt 16
     tokens) timed side by side: transformers' eager ``generate`` (the reference), the zoo's static-cache
-    decode run eagerly (``FusedDecoder(compile=False)``: no compile time in a quick run) and, where the CPU has
-    an int8 GEMM, its int8 group partials; exact = the same tokens as the reference.
+    decode run eagerly (``FusedDecoder(compile=False)``: no compile time in a quick run) on the fp32 batched
+    product and on the int8 GEMM (where it is faster here) and the packed-int4 kernel (where they run); exact =
+    the same tokens as the reference.
     ``size="tiny"``: a 2-window x 64-token calibration (its own cache entry), one 64-token window, 4 tokens."""
     import torch
     from transformers import AutoTokenizer
@@ -259,9 +273,15 @@ def summary(size: str = "quick") -> dict:
     ref_tokens = model.generate(prompt, max_new_tokens=new_tokens, do_sample=False, eos_token_id=None, pad_token_id=0)
     runs = {"reference": lambda: model.generate(prompt, max_new_tokens=new_tokens, do_sample=False, eos_token_id=None,
                                                 pad_token_id=0)}
-    decoders = {"static-cache": FusedDecoder(model, max_len=16 + new_tokens, compile=False, int8=False)}
-    if int_kernels.available():
-        decoders["static-cache int8"] = FusedDecoder(model, max_len=16 + new_tokens, compile=False, int8=True)
+    decoders = {}
+    for kernel in ("fp32", "int8", "int4"):  # each group kernel that runs this model here
+        if kernel == "int8" and not int_kernels.faster():
+            continue  # torch._int_mm without VNNI / AMX: 100-300x slower, not worth a quick run's time
+        try:
+            dec = FusedDecoder(model, max_len=16 + new_tokens, compile=False, kernel=kernel)
+        except ZooError:
+            continue
+        decoders["static-cache" if kernel == "fp32" else f"static-cache {kernel}"] = dec
     for label, dec in decoders.items():
         runs[label] = lambda dec=dec: dec.generate(prompt, new_tokens)
     progress(f"language: timing {', '.join(runs)} ({new_tokens} greedy tokens, median of {repeats})")

@@ -54,7 +54,9 @@ from torch import nn
 
 from zoo.errors import ZooError
 
-from .int_kernels import group_linear_int8, use_int8
+from . import int_kernels
+from .int4_kernel import group_linear_int4
+from .int_kernels import group_linear_int8
 from .rotation import HadamardLinear, apply_hadamard
 from .sdllm import SDLinear, group_linear, sqp_encode
 
@@ -72,10 +74,11 @@ def _project(x: torch.Tensor, proj: tuple) -> torch.Tensor:
     rotated model, then SDLLM's gamma-SQP counts (``gamma=None``: full precision), then ``x W^T + b`` in the
     weight's dtype (fp16 copies: half the bytes read per step), result in x's dtype.
 
-    ``W = (codes or None, scales, codes_int8 or None)``: an SDLLM layer's exact integer accumulation (the op of
-    :class:`tasks.language.sdllm.GroupQuantLinear`), so decoding sees the eager model's counts; with int8
-    codes it runs on the CPU's int8 GEMM (:mod:`tasks.language.int_kernels`, same integers; the fp32 codes
-    are then not kept)."""
+    ``W = (codes, scales, codes_int8, codes_int4)``, one of the three codes set: an SDLLM layer's exact integer
+    accumulation (the op of :class:`tasks.language.sdllm.GroupQuantLinear`), so decoding sees the eager model's
+    counts; the codes given choose the kernel (fp32 batched product, the CPU's int8 GEMM of
+    :mod:`tasks.language.int_kernels`, or the packed-int4 kernel of :mod:`tasks.language.int4_kernel`: same
+    integers, and only those codes kept)."""
     w, b, gamma, bound, per_token, had = proj
     if had:  # the online Hadamard of a rotated model: x H, block by block (additions only)
         x = apply_hadamard(x)
@@ -83,7 +86,9 @@ def _project(x: torch.Tensor, proj: tuple) -> torch.Tensor:
         counts, g = sqp_encode(x, gamma, bound, per_token)
         flat = counts.reshape(-1, counts.shape[-1])
         g = g if g.ndim == 0 else g.reshape(-1, 1)
-        if w[2] is not None:
+        if w[3] is not None:
+            y = group_linear_int4(flat, w[3], w[1], g)
+        elif w[2] is not None:
             y = group_linear_int8(flat, w[2], w[1], g)
         else:
             y = group_linear(flat, w[0], w[1], g)
@@ -150,16 +155,26 @@ def mlp_step(residual, delta, ln_w, eps: float, gate, up, down, gate_up=None):
     return residual, _project(h, down)
 
 
-def _proj(m: nn.Module, int8: bool | None = None, had: bool = False):
+def _proj(m: nn.Module, kernel: str | None = None, had: bool = False):
     if isinstance(m, HadamardLinear):
-        return _proj(m.linear, int8, True)
+        return _proj(m.linear, kernel, True)
     if isinstance(m, SDLinear):
         had = had or bool(m.hadamard)
         enc = (m.neuron.gamma, m.neuron.bound, m.neuron.per_token, had)
-        if m.linear._exact():  # int8: the int8 codes only (1 byte per weight); else the fp32 codes
-            i8 = use_int8(1, m.neuron.bound, m.weight.device) if int8 is None else int8
-            w = (None, m.linear.scales(), m.linear.int8_codes()) if i8 else (*m.linear._codes(), None)
-            return (w, m.linear.bias, *enc)
+        lin = m.linear
+        if lin._exact():  # the chosen kernel's codes only (int4: half a byte per weight)
+            fit = (lin._group_width(), lin.w_bits, m.neuron.bound)
+            if kernel is not None and not int_kernels.fits(kernel, *fit):
+                raise ZooError(f"kernel={kernel!r} cannot run {lin.out_features}x{lin.in_features} (groups of {fit[0]}, "
+                               f"{fit[1]}-bit codes, counts up to {fit[2]}); use kernel=None to choose per layer")
+            k = kernel or int_kernels.choose(1, m.neuron.bound, m.weight.device, *fit[:2])
+            if k == "int4":
+                w = (None, lin.scales(), None, lin.int4_codes())
+            elif k == "int8":
+                w = (None, lin.scales(), lin.int8_codes(), None)
+            else:
+                w = (*lin._codes(), None, None)
+            return (w, lin.bias, *enc)
         return (m.linear.weight, m.linear.bias, *enc)
     if type(m) is nn.Linear:
         return (m.weight, m.bias, None, 0, False, had)
@@ -178,7 +193,7 @@ def _merge(projs: list[tuple]) -> tuple | None:
             return None
         if g is not None and not torch.equal(g, g0):
             return None
-        if isinstance(w, tuple) and ((w[0] is None) != (w0[0] is None) or (w[2] is None) != (w0[2] is None)
+        if isinstance(w, tuple) and (any((w[i] is None) != (w0[i] is None) for i in (0, 2, 3))
                                      or w[1].shape[0] != w0[1].shape[0]):
             return None
     given = [b for _, b, *_ in projs if b is not None]
@@ -186,11 +201,11 @@ def _merge(projs: list[tuple]) -> tuple | None:
     if not isinstance(w0, tuple):
         return (torch.cat([w for w, *_ in projs]).contiguous(), bias, g0, *enc0)
     cat = lambda i, dim: None if w0[i] is None else torch.cat([w[i] for w, *_ in projs], dim).contiguous()  # noqa: E731
-    return ((cat(0, -1), cat(1, -1), cat(2, 0)), bias, g0, *enc0)
+    return ((cat(0, -1), cat(1, -1), cat(2, 0), cat(3, 0)), bias, g0, *enc0)
 
 
 def _out(w) -> int:
-    """Output features of a projection's weight (a tensor ``[out, in]`` or SDLLM's ``(codes, scales, int8)``)."""
+    """Output features of a projection's weight (a tensor ``[out, in]`` or SDLLM's ``(codes, scales, ...)``)."""
     return w[1].shape[-1] if isinstance(w, tuple) else w.shape[0]
 
 
@@ -226,7 +241,9 @@ class FusedDecoder:
     """Greedy decoding of a Llama-style causal LM with a static KV cache and compiled per-layer steps.
 
     ``FusedDecoder(model, max_len=512).generate(input_ids, max_new_tokens=64)``.
-    ``compile=False`` runs the same functions eagerly (for checking).
+    ``compile=False`` runs the same functions eagerly (for checking). ``kernel``: SDLLM's group products on
+    ``"fp32"`` (batched product), ``"int8"`` (the CPU's int8 GEMM) or ``"int4"`` (packed-int4 kernel) for
+    every layer; ``None`` (default): per layer, the fastest here that fits it (:func:`int_kernels.choose`).
 
     ``weight_dtype=torch.float16`` keeps a half-precision copy of every
     projection and of the lm_head for the decode steps (norms, RoPE,
@@ -238,7 +255,7 @@ class FusedDecoder:
     """
 
     def __init__(self, model: nn.Module, max_len: int = 2048, batch_size: int = 1, compile: bool = True,
-                 weight_dtype: torch.dtype | None = None, int8: bool | None = None):
+                 weight_dtype: torch.dtype | None = None, kernel: str | None = None):
         inner = getattr(model, "model", None)
         layers = getattr(inner, "layers", None)
         if layers is None or not hasattr(model, "lm_head") or not hasattr(layers[0], "self_attn"):
@@ -259,7 +276,7 @@ class FusedDecoder:
         with torch.no_grad():
             for layer in layers:
                 att, mlp = layer.self_attn, layer.mlp
-                P = lambda m: _proj(m, int8)  # noqa: E731
+                P = lambda m: _proj(m, kernel)  # noqa: E731
                 q, k, v = P(att.q_proj), P(att.k_proj), P(att.v_proj)
                 qkv = _merge([q, k, v])
                 projs = [q, k, v] if qkv is None else [qkv]

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 
 from zoo.timing import call_times
 
-__all__ = ["available", "faster", "cpu_features", "group_linear_int8", "group_linear_auto", "MAX_ROWS"]
+__all__ = ["available", "faster", "fits", "choose", "cpu_features", "group_linear_int8", "group_linear_auto", "MAX_ROWS"]
 
 MAX_ROWS = 16  # rows (tokens) up to which the int8 GEMM path runs (decode); above, the fp32 batched product
 
@@ -90,12 +90,12 @@ def _median_s(fn, repeats: int = 7) -> float:
 
 @lru_cache(maxsize=1)
 def timing() -> dict:
-    """One decode row through a 1024 x 1024 layer in groups of 128: seconds of the int8 GEMM and of the fp32
-    batched product (measured once per process)."""
+    """One decode row through a 1024 x 1024 layer in groups of 128: seconds of each group kernel that runs here
+    (``fp32_s``: the batched product; ``int8_s``: the int8 GEMM; ``int4_s``: the packed-int4 kernel), measured
+    once per process."""
+    from . import int4_kernel
     from .sdllm import group_linear
 
-    if not _probe():
-        return {}
     gen = torch.Generator().manual_seed(0)
     n, g = 1024, 128
     counts = torch.randint(-7, 8, (1, n), generator=gen).float()
@@ -104,14 +104,50 @@ def timing() -> dict:
     scales = torch.rand(n // g, 1, n, generator=gen)
     gamma = torch.tensor(0.1)
     with torch.no_grad():
-        return {"int8_s": _median_s(lambda: group_linear_int8(counts, codes_i8, scales, gamma)),
-                "fp32_s": _median_s(lambda: group_linear(counts, codes, scales, gamma))}
+        out = {"fp32_s": _median_s(lambda: group_linear(counts, codes, scales, gamma))}
+        if available():
+            out["int8_s"] = _median_s(lambda: group_linear_int8(counts, codes_i8, scales, gamma))
+        if int4_kernel.library() is not None:
+            packed = int4_kernel.pack(codes_i8)
+            out["int4_s"] = _median_s(lambda: int4_kernel.group_linear_int4(counts, packed, scales, gamma))
+    return out
 
 
 def faster() -> bool:
     """Whether the int8 GEMM beats the fp32 batched product here on a decode row (:func:`timing`)."""
-    t = timing() if available() else {}
-    return bool(t) and t["int8_s"] < t["fp32_s"]
+    t = timing()
+    return "int8_s" in t and t["int8_s"] < t["fp32_s"]
+
+
+def fits(kernel: str, width: int, w_bits: int, bound: int) -> bool:
+    """Whether ``kernel`` (``"fp32"``, ``"int8"``, ``"int4"``) runs a layer with groups of ``width`` codes of
+    ``w_bits`` bits fed counts up to ``bound``, on this machine."""
+    from . import int4_kernel
+
+    if kernel == "fp32":
+        return True
+    if kernel == "int8":
+        return bound <= 127 and available()
+    if kernel == "int4":
+        return int4_kernel.supports(width, w_bits, bound) and int4_kernel.library() is not None
+    raise ValueError(f"unknown kernel {kernel!r}: use 'fp32', 'int8' or 'int4'")
+
+
+def choose(rows: int, bound: int, device: torch.device, width: int = 0, w_bits: int = 4) -> str:
+    """The group kernel for ``rows`` rows of counts bounded by ``bound`` through a layer with groups of ``width``
+    codes of ``w_bits``: ``"int4"``, ``"int8"`` or ``"fp32"``. Forced by ``SPIKING_ZOO_INT4=1`` /
+    ``SPIKING_ZOO_INT8=1`` where the layer fits; otherwise, for decode-sized inputs (``rows <= MAX_ROWS``), the
+    fastest on this CPU by :func:`timing`; for more rows (prefill, calibration), the fp32 batched product."""
+    if device.type != "cpu":
+        return "fp32"
+    ok = [k for k in ("int4", "int8") if fits(k, width, w_bits, bound)]
+    for name in ok:
+        if os.environ.get(f"SPIKING_ZOO_{name.upper()}", "").strip() == "1":
+            return name
+    if rows > MAX_ROWS:
+        return "fp32"
+    t = timing()
+    return min(["fp32"] + [k for k in ok if f"{k}_s" in t], key=lambda k: t[f"{k}_s"])
 
 
 def _expand(counts: torch.Tensor, groups: int, width: int) -> torch.Tensor:
@@ -149,17 +185,15 @@ def _(counts, codes_i8, scales, gamma):
     return counts.new_empty((counts.shape[0], codes_i8.shape[0]), dtype=torch.float32)
 
 
-def use_int8(rows: int, bound: int, device: torch.device) -> bool:
-    """The int8 GEMM for ``rows`` rows of counts bounded by ``bound``: forced, or decode-sized and measured faster."""
-    forced = os.environ.get("SPIKING_ZOO_INT8", "").strip() == "1"
-    return device.type == "cpu" and bound <= 127 and available() and (forced or (rows <= MAX_ROWS and faster()))
-
-
 def group_linear_auto(counts: torch.Tensor, layer, gamma: torch.Tensor) -> torch.Tensor:
-    """A :class:`GroupQuantLinear`'s integer-mode product: the int8 GEMM where it runs, else the fp32 op."""
+    """A :class:`GroupQuantLinear`'s integer-mode product on the kernel :func:`choose` picks (same integers)."""
+    from .int4_kernel import group_linear_int4
     from .sdllm import group_linear
 
-    if use_int8(counts.shape[0], layer.levels.D, counts.device):  # int8 codes only: no fp32 copy of them
+    kernel = choose(counts.shape[0], layer.levels.D, counts.device, layer._group_width(), layer.w_bits)
+    if kernel == "int4":  # packed codes only: no fp32 copy of them
+        return group_linear_int4(counts, layer.int4_codes(), layer.scales(), gamma)
+    if kernel == "int8":
         return group_linear_int8(counts, layer.int8_codes(), layer.scales(), gamma)
     codes, scales = layer._codes()
     return group_linear(counts, codes, scales, gamma)

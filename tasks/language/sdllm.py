@@ -380,7 +380,7 @@ class GroupQuantLinear(neurons.SpikeLinear):
         super().__init__(*args, **kwargs)
         self.w_bits = int(w_bits or 0)
         self.group_size = int(group_size)
-        self._grid = None  # (key, {"scales": [G, 1, out] fp32, "int8": [out, G*g] int8, "codes": [G, g, out] fp32})
+        self._grid = None  # (key, {"scales": [G, 1, out], "int8": [out, G*g] int8, "codes": fp32, "int4": packed})
 
     def _key(self):
         w = self.weight
@@ -398,6 +398,10 @@ class GroupQuantLinear(neurons.SpikeLinear):
         if want == "codes" and "codes" not in cache:
             i8 = cache["int8"]
             cache["codes"] = i8.float().reshape(i8.shape[0], -1, self._group_width()).permute(1, 2, 0).contiguous()
+        if want == "int4" and "int4" not in cache:
+            from .int4_kernel import pack
+
+            cache["int4"] = pack(cache["int8"])
         return cache[want]
 
     def _group_width(self) -> int:
@@ -413,6 +417,10 @@ class GroupQuantLinear(neurons.SpikeLinear):
     def int8_codes(self) -> torch.Tensor:
         """The weight codes as int8 ``[out, G*g]`` (zero-padded groups): 1 byte per weight, for the int8 GEMM."""
         return self._cached("int8")
+
+    def int4_codes(self) -> torch.Tensor:
+        """The weight codes packed two per byte ``[out, G*g/2]`` (:mod:`tasks.language.int4_kernel`'s layout)."""
+        return self._cached("int4")
 
     def _exact(self) -> bool:
         lv = self.levels

@@ -119,9 +119,10 @@ def test_merged_projections_are_bit_identical_to_separate_ones(calib_ids, monkey
     ids = calib_ids[:1, :6]
     from tasks.language import int_kernels
 
-    models = (convert(_llama(), calib_ids, SDLLMConfig(group_size=32)), convert(qwen, calib_ids, SDLLMConfig(group_size=32)))
-    for model, int8 in [(m, i8) for m in models for i8 in (False, True) if i8 is False or int_kernels.available()]:
-        merged = FusedDecoder(model, max_len=40, compile=False, int8=int8)
+    models = (convert(_llama(), calib_ids, SDLLMConfig(group_size=64)), convert(qwen, calib_ids, SDLLMConfig(group_size=64)))
+    kernels = [k for k in ("fp32", "int8", "int4") if int_kernels.fits(k, 64, 4, 7)]
+    for model, kernel in [(m, k) for m in models for k in kernels]:
+        merged = FusedDecoder(model, max_len=40, compile=False, kernel=kernel)
         assert any(len(L.projs) == 1 for L in merged.layers)  # q/k/v share their calibrated encoder here
         for L, layer in zip(merged.layers, model.model.layers):  # merged only where the encoders agree
             att = layer.self_attn
@@ -130,7 +131,7 @@ def test_merged_projections_are_bit_identical_to_separate_ones(calib_ids, monkey
         tokens, logits = merged.generate(ids, 12, return_logits=True)
         with monkeypatch.context() as m:
             m.setattr(decode, "_merge", lambda projs: None)
-            separate = FusedDecoder(model, max_len=40, compile=False, int8=int8)
+            separate = FusedDecoder(model, max_len=40, compile=False, kernel=kernel)
             assert all(len(L.projs) == 3 and L.gate_up is None for L in separate.layers)
             want_tokens, want = separate.generate(ids, 12, return_logits=True)
         assert torch.equal(logits, want) and torch.equal(tokens, want_tokens)

@@ -141,10 +141,10 @@ def test_int8_kernel_is_exact_and_decodes_the_same_tokens(calib_ids):
             ids = torch.cat(eager, 1)
             eager.append(model(ids).logits[:, -1].argmax(-1, keepdim=True))
     eager = torch.cat(eager, 1)
-    fused = FusedDecoder(model, max_len=32, compile=False, int8=True)
+    fused = FusedDecoder(model, max_len=32, compile=False, kernel="int8")
     assert fused.layers[0].down[0][2] is not None  # the int8 codes are in use
     assert torch.equal(fused.generate(prompt, max_new_tokens=8), eager)
-    fp32 = FusedDecoder(model, max_len=32, compile=False, int8=False)
+    fp32 = FusedDecoder(model, max_len=32, compile=False, kernel="fp32")
     assert torch.equal(fp32.generate(prompt, max_new_tokens=8), eager)
 
 

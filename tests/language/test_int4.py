@@ -1,0 +1,100 @@
+"""The packed-int4 group kernel: exact partials (every instruction-set path built here), same tokens in decode."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tasks.language import int4_kernel, int_kernels
+from tasks.language.sdllm import SDLinear, SDLLMConfig, convert, group_linear, group_partials
+from zoo.errors import ZooError
+
+from .conftest import tiny_llama
+
+needs_kernel = pytest.mark.skipif(int4_kernel._compiler() is None, reason="no C compiler for the int4 kernel")
+
+
+def _case(N, out, G, g, pad, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    codes = torch.randint(-8, 8, (out, G * g), generator=gen, dtype=torch.int8)
+    counts = torch.randint(-127, 128, (N, G * g - pad), generator=gen).float()
+    ref = group_partials(counts, codes.float().reshape(out, G, g).permute(1, 2, 0).contiguous())
+    return codes, counts, ref
+
+
+@needs_kernel
+@pytest.mark.parametrize("flags", [(), ("-mno-avx2",)], ids=["native", "plain-C"])
+def test_partials_are_the_exact_integers(flags):
+    lib = int4_kernel.build(flags)
+    if flags:
+        assert lib.isa == "plain C"
+    # extreme codes and counts (-8 x -127 everywhere: the largest pair sums), odd output counts, padded groups,
+    # several 64-blocks per group, up to 16 rows
+    for N, out, G, g, pad in [(1, 1024, 8, 128, 0), (3, 770, 12, 64, 5), (16, 2051, 3, 64, 63), (2, 37, 1, 256, 0)]:
+        codes, counts, ref = _case(N, out, G, g, pad)
+        P = int4_kernel.partials(counts, int4_kernel.pack(codes), G, lib)
+        assert P.dtype == torch.int32 and torch.equal(P.float(), ref)
+    worst = torch.full((5, 128), -8, dtype=torch.int8)
+    P = int4_kernel.partials(torch.full((1, 128), -127.0), int4_kernel.pack(worst), 1, lib)
+    assert torch.equal(P, torch.full((1, 1, 5), 8 * 127 * 128, dtype=torch.int32))
+
+
+def test_pack_layout_and_limits():
+    codes = torch.arange(-8, 8, dtype=torch.int8).repeat(8)[None]  # one 128-code row
+    packed = int4_kernel.pack(codes)
+    assert packed.shape == (1, 64) and packed.dtype == torch.uint8
+    lo, hi = packed[0, :32] & 15, packed[0, :32] >> 4  # block 0: code j low, code j + 32 high, offset by 8
+    assert torch.equal(lo.to(torch.int8) - 8, codes[0, :32]) and torch.equal(hi.to(torch.int8) - 8, codes[0, 32:64])
+    with pytest.raises(ValueError, match="multiple of 64"):
+        int4_kernel.pack(torch.zeros(2, 32, dtype=torch.int8))
+    with pytest.raises(ValueError, match=r"\[-8, 7\]"):
+        int4_kernel.pack(torch.full((2, 64), 9, dtype=torch.int8))
+    assert int4_kernel.supports(64, 4, 127) and not int4_kernel.supports(32, 4, 127)
+    assert not int4_kernel.supports(64, 8, 127) and not int4_kernel.supports(64, 4, 128)
+
+
+@needs_kernel
+def test_int4_decode_gives_the_eager_models_tokens(calib_ids):
+    from tasks.language.decode import FusedDecoder
+
+    model = convert(tiny_llama(), calib_ids, SDLLMConfig(group_size=64, gamma="per_token", steps="auto", rotate=True))
+    lin = next(m for m in model.modules() if isinstance(m, SDLinear)).linear
+    counts, g = torch.randint(-120, 121, (3, lin.in_features)).float(), torch.rand(3, 1) + 0.1
+    codes, scales = lin._codes()
+    assert torch.equal(int4_kernel.group_linear_int4(counts, lin.int4_codes(), scales, g),
+                       group_linear(counts, codes, scales, g))  # the same epilogue, bit for bit
+    prompt = calib_ids[:1, :12]
+    with torch.no_grad():
+        eager = [prompt]
+        for _ in range(8):  # the eager converted model, greedy, full recompute
+            eager.append(model(torch.cat(eager, 1)).logits[:, -1].argmax(-1, keepdim=True))
+    eager = torch.cat(eager, 1)
+    runs = {}
+    for kernel in ("fp32", "int4"):
+        dec = FusedDecoder(model, max_len=32, compile=False, kernel=kernel)
+        runs[kernel] = dec.generate(prompt, max_new_tokens=8, return_logits=True)
+    assert runs["int4"][0].equal(eager) and runs["fp32"][0].equal(eager)
+    assert torch.equal(runs["int4"][1], runs["fp32"][1])
+    w = dec.layers[0].down[0]
+    assert w[3] is not None and w[3].dtype == torch.uint8 and w[0] is None and w[2] is None  # only packed codes
+
+
+def test_kernel_choice_and_errors(calib_ids, monkeypatch):
+    from tasks.language.decode import FusedDecoder
+
+    cpu = torch.device("cpu")
+    assert int_kernels.choose(64, 7, cpu, 64, 4) == "fp32"  # prefill-sized: the batched product
+    assert int_kernels.choose(1, 7, cpu, 32, 4) in ("fp32", "int8")  # groups of 32 do not fit int4
+    assert int_kernels.choose(1, 200, cpu, 64, 4) == "fp32"  # counts beyond int8
+    if int4_kernel.library() is not None:
+        monkeypatch.setenv("SPIKING_ZOO_INT4", "1")
+        assert int_kernels.choose(64, 7, cpu, 64, 4) == "int4"  # forced, any number of rows
+        monkeypatch.delenv("SPIKING_ZOO_INT4")
+        t = int_kernels.timing()
+        best = min((k for k in ("fp32", "int8", "int4") if f"{k}_s" in t), key=lambda k: t[f"{k}_s"])
+        assert int_kernels.choose(1, 7, cpu, 64, 4) == best
+    model = convert(tiny_llama(), calib_ids, SDLLMConfig(group_size=32))
+    with pytest.raises(ZooError, match=r"kernel='int4' cannot run 64x64 \(groups of 32"):
+        FusedDecoder(model, max_len=16, compile=False, kernel="int4")
+    with pytest.raises(ValueError, match="unknown kernel"):
+        int_kernels.fits("int2", 64, 4, 7)
