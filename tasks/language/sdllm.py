@@ -273,8 +273,16 @@ def group_partials(counts: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
 
 
 def group_epilogue(P: torch.Tensor, scales: torch.Tensor, gamma) -> torch.Tensor:
-    """``gamma * sum_g s_g P_g``: the one float step after the exact partial sums (shared by every path)."""
-    return (P * scales).sum(0) * gamma
+    """``gamma * sum_g s_g P_g``: the one float step after the exact partial sums (shared by every path).
+
+    The order is fixed: ``((s_0 P_0 + s_1 P_1) + s_2 P_2) + ...``, then ``* gamma``, each step one fp32 rounding,
+    so a kernel that computes it in its own loop (:mod:`tasks.language.int4_kernel`) gets the same bits
+    (``sum(0)``'s order is torch's own: cascaded from 16 groups on)."""
+    Q = P * scales
+    acc = Q[0].clone()
+    for q in Q[1:]:
+        acc += q
+    return acc * gamma
 
 
 @torch.library.custom_op("spiking_zoo::group_linear", mutates_args=())

@@ -1,4 +1,6 @@
-"""The packed-int4 group kernel: exact partials (every instruction-set path built here), same tokens in decode."""
+"""The packed-int4 group kernel: exact partials and the shared epilogue's bits (each instruction-set path that
+builds here: AVX2 or VNNI by the CPU, and plain C), the same tokens in decode. On a CPU without VNNI the VNNI
+path is not built, so it is tested only where the CPU has it."""
 
 from __future__ import annotations
 
@@ -6,7 +8,7 @@ import pytest
 import torch
 
 from tasks.language import int4_kernel, int_kernels
-from tasks.language.sdllm import SDLinear, SDLLMConfig, convert, group_linear, group_partials
+from tasks.language.sdllm import SDLinear, SDLLMConfig, convert, group_epilogue, group_linear, group_partials
 from zoo.errors import ZooError
 
 from .conftest import tiny_llama
@@ -30,26 +32,40 @@ def test_partials_are_the_exact_integers(flags):
         assert lib.isa == "plain C"
     # extreme codes and counts (-8 x -127 everywhere: the largest pair sums), odd output counts, padded groups,
     # several 64-blocks per group, up to 16 rows
-    for N, out, G, g, pad in [(1, 1024, 8, 128, 0), (3, 770, 12, 64, 5), (16, 2051, 3, 64, 63), (2, 37, 1, 256, 0)]:
+    for N, out, G, g, pad in [(1, 1024, 8, 128, 0), (3, 770, 12, 64, 5), (16, 2051, 3, 64, 63), (2, 37, 1, 256, 0),
+                              (1, 13, 5, 8, 3), (2, 64, 3, 40, 0)]:
         codes, counts, ref = _case(N, out, G, g, pad)
-        P = int4_kernel.partials(counts, int4_kernel.pack(codes), G, lib)
+        P = int4_kernel.partials(counts, int4_kernel.pack(codes), out, G, lib)
         assert P.dtype == torch.int32 and torch.equal(P.float(), ref)
+        # the kernel's own epilogue: the shared one, bit for bit (G = 12 and 40 groups: below and above the 16 at
+        # which torch's sum(0) would cascade), a scalar gamma and one per row
+        scales = torch.rand(G, 1, out, generator=torch.Generator().manual_seed(1)) * 1e-3
+        for gamma in (torch.tensor(0.37), torch.rand(N, 1) + 0.1):
+            assert torch.equal(int4_kernel.linear(counts, int4_kernel.pack(codes), scales, gamma, lib),
+                               group_epilogue(ref, scales, gamma))
+    codes, counts, ref = _case(2, 64, 40, 64, 0)
+    scales = torch.rand(40, 1, 64) * 1e-3
+    assert torch.equal(int4_kernel.linear(counts, int4_kernel.pack(codes), scales, torch.tensor(0.5), lib),
+                       group_epilogue(ref, scales, torch.tensor(0.5)))
     worst = torch.full((5, 128), -8, dtype=torch.int8)
-    P = int4_kernel.partials(torch.full((1, 128), -127.0), int4_kernel.pack(worst), 1, lib)
+    P = int4_kernel.partials(torch.full((1, 128), -127.0), int4_kernel.pack(worst), 5, 1, lib)
     assert torch.equal(P, torch.full((1, 1, 5), 8 * 127 * 128, dtype=torch.int32))
 
 
 def test_pack_layout_and_limits():
-    codes = torch.arange(-8, 8, dtype=torch.int8).repeat(8)[None]  # one 128-code row
+    codes = torch.randint(-8, 8, (10, 16), dtype=torch.int8)
     packed = int4_kernel.pack(codes)
-    assert packed.shape == (1, 64) and packed.dtype == torch.uint8
-    lo, hi = packed[0, :32] & 15, packed[0, :32] >> 4  # block 0: code j low, code j + 32 high, offset by 8
-    assert torch.equal(lo.to(torch.int8) - 8, codes[0, :32]) and torch.equal(hi.to(torch.int8) - 8, codes[0, 32:64])
-    with pytest.raises(ValueError, match="multiple of 64"):
-        int4_kernel.pack(torch.zeros(2, 32, dtype=torch.int8))
+    assert packed.shape == (2, 64) and packed.dtype == torch.uint8  # 2 tiles of 8 rows, 4 bytes per input
+    lo, hi = (packed & 15).to(torch.int8) - 8, (packed >> 4).to(torch.int8) - 8
+    for j, r, t in [(0, 0, 0), (3, 2, 1), (7, 3, 1)]:  # tile 0, row j, chunk t: byte 32 t + 4 j + r
+        assert lo[0, 32 * t + 4 * j + r] == codes[j, 8 * t + r] and hi[0, 32 * t + 4 * j + r] == codes[j, 8 * t + 4 + r]
+    assert torch.equal(lo[1].reshape(2, 8, 4)[:, 2:], torch.zeros(2, 6, 4, dtype=torch.int8))  # rows past 10: zero
+    assert torch.equal(lo[1].reshape(2, 8, 4)[0, :2], codes[8:10, :4])
+    with pytest.raises(ValueError, match="multiple of 8"):
+        int4_kernel.pack(torch.zeros(2, 12, dtype=torch.int8))
     with pytest.raises(ValueError, match=r"\[-8, 7\]"):
         int4_kernel.pack(torch.full((2, 64), 9, dtype=torch.int8))
-    assert int4_kernel.supports(64, 4, 127) and not int4_kernel.supports(32, 4, 127)
+    assert int4_kernel.supports(64, 4, 127) and int4_kernel.supports(32, 4, 127) and not int4_kernel.supports(12, 4, 127)
     assert not int4_kernel.supports(64, 8, 127) and not int4_kernel.supports(64, 4, 128)
 
 
@@ -84,7 +100,8 @@ def test_kernel_choice_and_errors(calib_ids, monkeypatch):
 
     cpu = torch.device("cpu")
     assert int_kernels.choose(64, 7, cpu, 64, 4) == "fp32"  # prefill-sized: the batched product
-    assert int_kernels.choose(1, 7, cpu, 32, 4) in ("fp32", "int8")  # groups of 32 do not fit int4
+    assert int_kernels.choose(1, 7, cpu, 12, 4) in ("fp32", "int8")  # groups of 12 do not fit int4
+    assert int_kernels.choose(1, 7, cpu, 64, 8) in ("fp32", "int8")  # nor do 8-bit codes
     assert int_kernels.choose(1, 200, cpu, 64, 4) == "fp32"  # counts beyond int8
     if int4_kernel.library() is not None:
         monkeypatch.setenv("SPIKING_ZOO_INT4", "1")
@@ -93,8 +110,8 @@ def test_kernel_choice_and_errors(calib_ids, monkeypatch):
         t = int_kernels.timing()
         best = min((k for k in ("fp32", "int8", "int4") if f"{k}_s" in t), key=lambda k: t[f"{k}_s"])
         assert int_kernels.choose(1, 7, cpu, 64, 4) == best
-    model = convert(tiny_llama(), calib_ids, SDLLMConfig(group_size=32))
-    with pytest.raises(ZooError, match=r"kernel='int4' cannot run 64x64 \(groups of 32"):
+    model = convert(tiny_llama(), calib_ids, SDLLMConfig(group_size=32, w_bits=8))
+    with pytest.raises(ZooError, match=r"kernel='int4' cannot run 64x64 \(groups of 32, 8-bit codes"):
         FusedDecoder(model, max_len=16, compile=False, kernel="int4")
     with pytest.raises(ValueError, match="unknown kernel"):
         int_kernels.fits("int2", 64, 4, 7)
