@@ -80,33 +80,49 @@ SOURCE = r"""
 #define DOT4(acc, u, c) _mm256_dpbusd_epi32(acc, u, c)
 #endif
 
-/* one group of `chunks` chunks for 8 rows: int32 lanes = the 8 rows' sums of (q + 8) c */
-static inline __m256i group8(const uint8_t *w, const int8_t *c, int64_t chunks) {
+/* one group of `chunks` chunks for 8 rows and NR (<= 4) rows of counts `ldc` apart, unpacking each chunk once:
+   acc[r] lanes = the 8 rows' sums of (q + 8) c_r. Inlined with a constant NR, so the accumulators stay in registers. */
+static inline __attribute__((always_inline)) void group8(const uint8_t *w, const int8_t *c, int64_t ldc,
+                                                         int64_t chunks, const int NR, __m256i *acc) {
     const __m256i m = _mm256_set1_epi8(0x0F);
-    __m256i acc = _mm256_setzero_si256();
+    for (int r = 0; r < NR; r++) acc[r] = _mm256_setzero_si256();
 #if defined(DOT4)
     for (int64_t t = 0; t < chunks; t++, w += 32, c += 8) {
         _mm_prefetch((const char *)w + PREFETCH, _MM_HINT_T0);
         __m256i v = _mm256_loadu_si256((const __m256i *)w);
-        acc = DOT4(acc, _mm256_and_si256(v, m), _mm256_set1_epi32(*(const int32_t *)c));
-        acc = DOT4(acc, _mm256_and_si256(_mm256_srli_epi16(v, 4), m), _mm256_set1_epi32(*(const int32_t *)(c + 4)));
+        __m256i lo = _mm256_and_si256(v, m), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m);
+        for (int r = 0; r < NR; r++) {
+            acc[r] = DOT4(acc[r], lo, _mm256_set1_epi32(*(const int32_t *)(c + r * ldc)));
+            acc[r] = DOT4(acc[r], hi, _mm256_set1_epi32(*(const int32_t *)(c + r * ldc + 4)));
+        }
     }
 #else
     const __m256i ones = _mm256_set1_epi16(1);
     for (int64_t t = 0; t < chunks;) {
         /* int16 lanes: at most 2 x 15 x 127 per product pair, two pairs per chunk, four chunks: 30480 < 2^15 */
-        __m256i s16 = _mm256_setzero_si256();
+        __m256i s16[4];
+        for (int r = 0; r < NR; r++) s16[r] = _mm256_setzero_si256();
         for (int64_t e = t + 4 < chunks ? t + 4 : chunks; t < e; t++, w += 32, c += 8) {
             _mm_prefetch((const char *)w + PREFETCH, _MM_HINT_T0);
             __m256i v = _mm256_loadu_si256((const __m256i *)w);
-            s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(_mm256_and_si256(v, m), _mm256_set1_epi32(*(const int32_t *)c)));
-            s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v, 4), m),
-                                                            _mm256_set1_epi32(*(const int32_t *)(c + 4))));
+            __m256i lo = _mm256_and_si256(v, m), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m);
+            for (int r = 0; r < NR; r++) {
+                s16[r] = _mm256_add_epi16(s16[r], _mm256_maddubs_epi16(lo, _mm256_set1_epi32(*(const int32_t *)(c + r * ldc))));
+                s16[r] = _mm256_add_epi16(s16[r], _mm256_maddubs_epi16(hi, _mm256_set1_epi32(*(const int32_t *)(c + r * ldc + 4))));
+            }
         }
-        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(s16, ones));
+        for (int r = 0; r < NR; r++) acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(s16[r], ones));
     }
 #endif
-    return acc;
+}
+
+static void group8_rows(const uint8_t *w, const int8_t *c, int64_t ldc, int64_t chunks, int nr, __m256i *acc) {
+    switch (nr) {  /* one specialised copy per row count */
+    case 1: group8(w, c, ldc, chunks, 1, acc); break;
+    case 2: group8(w, c, ldc, chunks, 2, acc); break;
+    case 3: group8(w, c, ldc, chunks, 3, acc); break;
+    default: group8(w, c, ldc, chunks, 4, acc); break;
+    }
 }
 #endif
 
@@ -139,33 +155,41 @@ int zoo_int4(const uint8_t *w, const float *x, int64_t N, int64_t in_x, int64_t 
     for (int64_t tile = 0; tile < tiles; tile++) {
         const int64_t o = tile * 8, rows = out - o < 8 ? out - o : 8;
         const uint8_t *wt = w + tile * in * 4;
-        for (int64_t n = 0; n < N; n++) {
-            int32_t p[8];
-            float acc[8], sk[8] = {0};
+        for (int64_t n0 = 0; n0 < N; n0 += 4) {
+            const int nr = N - n0 < 4 ? (int)(N - n0) : 4;  /* count rows sharing each unpacked chunk */
+            int32_t p[4][8];
+            float acc[4][8], sk[8] = {0};
             for (int64_t k = 0; k < G; k++) {
                 const uint8_t *wk = wt + k * chunks * 32;
-                const int8_t *ck = c + n * in + k * g;
+                const int8_t *ck = c + n0 * in + k * g;
 #if defined(__AVX2__)
-                __m256i v = _mm256_sub_epi32(group8(wk, ck, chunks), _mm256_set1_epi32(off[n * G + k]));
-                _mm256_storeu_si256((__m256i *)p, v);
+                __m256i v[4];
+                group8_rows(wk, ck, in, chunks, nr, v);
+                for (int r = 0; r < nr; r++)
+                    _mm256_storeu_si256((__m256i *)p[r], _mm256_sub_epi32(v[r], _mm256_set1_epi32(off[(n0 + r) * G + k])));
 #else
-                group8_plain(wk, ck, chunks, p);
-                for (int j = 0; j < 8; j++) p[j] -= off[n * G + k];
+                for (int r = 0; r < nr; r++) {
+                    group8_plain(wk, ck + r * in, chunks, p[r]);
+                    for (int j = 0; j < 8; j++) p[r][j] -= off[(n0 + r) * G + k];
+                }
 #endif
                 if (P) {
-                    for (int64_t j = 0; j < rows; j++) P[(k * N + n) * out + o + j] = p[j];
+                    for (int r = 0; r < nr; r++)
+                        for (int64_t j = 0; j < rows; j++) P[(k * N + n0 + r) * out + o + j] = p[r][j];
                     continue;
                 }
                 memcpy(sk, s + k * out + o, sizeof(float) * (size_t)rows);
-                for (int j = 0; j < 8; j++) {  /* one fp32 rounding per step, as the shared epilogue */
-                    float q = (float)p[j] * sk[j];
-                    acc[j] = k ? acc[j] + q : q;
+                for (int r = 0; r < nr; r++)
+                    for (int j = 0; j < 8; j++) {  /* one fp32 rounding per step, as the shared epilogue */
+                        float q = (float)p[r][j] * sk[j];
+                        acc[r][j] = k ? acc[r][j] + q : q;
+                    }
+            }
+            if (!P)
+                for (int r = 0; r < nr; r++) {
+                    const float gm = gamma[gamma_rows > 1 ? n0 + r : 0];
+                    for (int64_t j = 0; j < rows; j++) y[(n0 + r) * out + o + j] = acc[r][j] * gm;
                 }
-            }
-            if (!P) {
-                const float gm = gamma[gamma_rows > 1 ? n : 0];
-                for (int64_t j = 0; j < rows; j++) y[n * out + o + j] = acc[j] * gm;
-            }
         }
     }
     free(c);
