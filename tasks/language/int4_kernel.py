@@ -32,7 +32,7 @@ Why by hand: torch's CPU operators have no int4 x int8 -> int32 product.
 ``torch._weight_int4pack_mm_for_cpu`` and ``_weight_int8pack_mm`` take float
 activations and round the integer partials in bf16 (or, in fp32, ran 30-100x
 slower than the fp32 product, measured on an AMX Xeon), and ``torch._int_mm``
-needs int8 weights and, on a CPU without VNNI, runs 100-300x slower than fp32
+needs int8 weights and, on a CPU without VNNI, runs 20-300x slower than fp32
 (measured on an AVX2-only AMD EPYC). Nothing in the allowed libraries streams
 int4 weights into integer partial sums on a CPU.
 
@@ -241,14 +241,15 @@ def build(extra: tuple[str, ...] = ()) -> ctypes.CDLL:
     path = cache_dir() / "kernels" / f"int4_{key}.so"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
+        part = path.with_name(f"{path.name}.{os.getpid()}.part")  # same directory: the rename below is atomic
         with tempfile.TemporaryDirectory() as tmp:
             src = Path(tmp) / "int4.c"
             src.write_text(SOURCE)
             for arch in (["-march=native"], []):  # some compilers / CPUs reject -march=native
-                cmd = [cc, "-O3", *arch, *extra, "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC", str(src), "-o", f"{tmp}/k.so"]
+                cmd = [cc, "-O3", *arch, *extra, "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC", str(src), "-o", str(part)]
                 run = subprocess.run(cmd, capture_output=True, text=True)
                 if run.returncode == 0:
-                    os.replace(f"{tmp}/k.so", path)  # atomic: a concurrent build leaves one whole file
+                    os.replace(part, path)  # a concurrent build leaves one whole file
                     break
             else:
                 raise OSError(f"the C compiler failed: {(run.stderr.strip().splitlines() or ['?'])[-1]}")
@@ -305,15 +306,17 @@ def _f32(t: torch.Tensor) -> torch.Tensor:
     return t if t.dtype == torch.float32 and t.is_contiguous() else t.float().contiguous()
 
 
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
 def _run(counts, packed, out_f, groups, lib, P=None, scales=None, gamma=None, y=None) -> None:
-    x, n = _f32(counts), 0
-    if gamma is not None:
-        gamma = _f32(gamma)
-        n = gamma.numel()
-    if (lib or library()).zoo_int4(packed.data_ptr(), x.data_ptr(), x.shape[0], x.shape[1], out_f, groups,
-                                    packed.shape[1] // 4 // groups, P is not None and P.data_ptr() or None,
-                                    scales is not None and scales.data_ptr() or None,
-                                    gamma is not None and gamma.data_ptr() or None, n, y is not None and y.data_ptr() or None):
+    """The kernel on ``counts`` (``[N, in]``): int32 partials into ``P``, or the epilogue's outputs into ``y``."""
+    x = _f32(counts)
+    gamma = None if gamma is None else _f32(gamma)
+    width = packed.shape[1] // 4 // groups
+    if (lib or library()).zoo_int4(packed.data_ptr(), x.data_ptr(), x.shape[0], x.shape[1], out_f, groups, width,
+                                    _ptr(P), _ptr(scales), _ptr(gamma), 0 if gamma is None else gamma.numel(), _ptr(y)):
         raise MemoryError("int4 kernel: out of memory")
 
 

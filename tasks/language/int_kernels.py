@@ -20,15 +20,18 @@ fewer bytes than fp32 read per decode step):
 * the partials are the same integers as the fp32 path's, and the epilogue is
   the same function, so the outputs are bit-identical (tests/language).
 
-Dispatch at run time, by measurement: :func:`available` probes that
-``torch._int_mm`` runs (and is exact) on this CPU, and :func:`faster` times it
-once against the fp32 batched product on a decode-sized layer; the int8 path
-runs only where it is both available and faster. That matters: on an
-AVX2-only CPU (no AVX512-VNNI / AVX-VNNI / AMX) ``_int_mm`` takes a slow
-path, measured 100-300x the fp32 product's time for one decode row
-(AMD EPYC, torch 2.14.1), while CPUs with VNNI run it on oneDNN's integer
-kernels. :func:`cpu_features` reports the flags and the measured choice.
-``SPIKING_ZOO_INT8=0`` turns the path off, ``=1`` forces it (for any number of rows).
+Dispatch at run time, by measurement, among three kernels for the same
+integers: the fp32 batched product, this int8 GEMM, and the packed-int4 C
+kernel of :mod:`tasks.language.int4_kernel` (half a byte per weight).
+:func:`available` probes that ``torch._int_mm`` runs (and is exact) on this
+CPU, :func:`fits` says which kernels can run a layer, :func:`timing` times
+each once on a decode-sized layer and :func:`choose` takes the fastest that
+fits. That matters: on an AVX2-only CPU (no AVX512-VNNI / AVX-VNNI / AMX)
+``_int_mm`` takes a slow path, measured 20-300x the fp32 product's time for
+one decode row (AMD EPYC, torch 2.14.1), while CPUs with VNNI run it on
+oneDNN's integer kernels. :func:`cpu_features` reports the flags.
+``SPIKING_ZOO_INT8=0`` / ``SPIKING_ZOO_INT4=0`` turn a kernel off, ``=1``
+forces it (for any number of rows).
 """
 
 from __future__ import annotations
@@ -42,9 +45,12 @@ import torch.nn.functional as F
 
 from zoo.timing import call_times
 
+from . import int4_kernel
+from .int4_kernel import group_linear_int4
+
 __all__ = ["available", "faster", "fits", "choose", "cpu_features", "group_linear_int8", "group_linear_auto", "MAX_ROWS"]
 
-MAX_ROWS = 16  # rows (tokens) up to which the int8 GEMM path runs (decode); above, the fp32 batched product
+MAX_ROWS = 16  # rows (tokens) up to which the integer kernels are chosen (decode); above, the fp32 batched product
 
 
 @lru_cache(maxsize=1)
@@ -93,7 +99,6 @@ def timing() -> dict:
     """One decode row through a 1024 x 1024 layer in groups of 128: seconds of each group kernel that runs here
     (``fp32_s``: the batched product; ``int8_s``: the int8 GEMM; ``int4_s``: the packed-int4 kernel), measured
     once per process."""
-    from . import int4_kernel
     from .sdllm import group_linear
 
     gen = torch.Generator().manual_seed(0)
@@ -122,8 +127,6 @@ def faster() -> bool:
 def fits(kernel: str, width: int, w_bits: int, bound: int) -> bool:
     """Whether ``kernel`` (``"fp32"``, ``"int8"``, ``"int4"``) runs a layer with groups of ``width`` codes of
     ``w_bits`` bits fed counts up to ``bound``, on this machine."""
-    from . import int4_kernel
-
     if kernel == "fp32":
         return True
     if kernel == "int8":
@@ -141,6 +144,8 @@ def choose(rows: int, bound: int, device: torch.device, width: int = 0, w_bits: 
     if device.type != "cpu":
         return "fp32"
     ok = [k for k in ("int4", "int8") if fits(k, width, w_bits, bound)]
+    if not ok:
+        return "fp32"
     for name in ok:
         if os.environ.get(f"SPIKING_ZOO_{name.upper()}", "").strip() == "1":
             return name
@@ -187,7 +192,6 @@ def _(counts, codes_i8, scales, gamma):
 
 def group_linear_auto(counts: torch.Tensor, layer, gamma: torch.Tensor) -> torch.Tensor:
     """A :class:`GroupQuantLinear`'s integer-mode product on the kernel :func:`choose` picks (same integers)."""
-    from .int4_kernel import group_linear_int4
     from .sdllm import group_linear
 
     kernel = choose(counts.shape[0], layer.levels.D, counts.device, layer._group_width(), layer.w_bits)
