@@ -277,7 +277,7 @@ def group_epilogue(P: torch.Tensor, scales: torch.Tensor, gamma) -> torch.Tensor
 
     The order is fixed: ``((s_0 P_0 + s_1 P_1) + s_2 P_2) + ...``, then ``* gamma``, each step one fp32 rounding,
     so a kernel that computes it in its own loop (:mod:`tasks.language.int4_kernel`) gets the same bits
-    (``sum(0)``'s order is torch's own: cascaded from 16 groups on)."""
+    (``sum(0)``'s order is torch's own: the same up to 16 groups, another at 40, measured with torch 2.14)."""
     Q = P * scales
     acc = Q[0].clone()
     for q in Q[1:]:

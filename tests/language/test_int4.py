@@ -51,8 +51,8 @@ def test_partials_are_the_exact_integers(path):
         codes, counts, ref = _case(N, out, G, g, pad)
         P = int4_kernel.partials(counts, int4_kernel.pack(codes), out, G, lib)
         assert P.dtype == torch.int32 and torch.equal(P.float(), ref)
-        # the kernel's own epilogue: the shared one, bit for bit (G = 12 and 40 groups: below and above the 16 at
-        # which torch's sum(0) would cascade), a scalar gamma and one per row
+        # the kernel's own epilogue: the shared one, bit for bit (G = 12 and 40 groups: torch's sum(0) sums 40 in
+        # another order than left to right), a scalar gamma and one per row
         scales = torch.rand(G, 1, out, generator=torch.Generator().manual_seed(1)) * 1e-3
         for gamma in (torch.tensor(0.37), torch.rand(N, 1) + 0.1):
             assert torch.equal(int4_kernel.linear(counts, int4_kernel.pack(codes), scales, gamma, lib),
