@@ -129,3 +129,18 @@ def test_kernel_choice_and_errors(calib_ids, monkeypatch):
         FusedDecoder(model, max_len=16, compile=False, kernel="int4")
     with pytest.raises(ValueError, match="unknown kernel"):
         int_kernels.fits("int2", 64, 4, 7)
+
+
+def test_without_a_compiler_the_other_kernels_run(monkeypatch):
+    monkeypatch.setattr(int4_kernel, "_compiler", lambda: None)
+    with pytest.raises(OSError, match="no C compiler"):
+        int4_kernel.build()
+    int4_kernel.library.cache_clear()
+    try:
+        assert int4_kernel.library() is None and "no C compiler" in int4_kernel.status()["why"]
+        assert not int_kernels.fits("int4", 64, 4, 7)
+        assert int_kernels.choose(1, 7, torch.device("cpu"), 64, 4) in ("fp32", "int8")
+    finally:
+        monkeypatch.undo()
+        int4_kernel.library.cache_clear()
+        int4_kernel._status.update(library=None, why="not built yet")
