@@ -145,7 +145,7 @@ def run(size: str = "134m", new_tokens: int = 32, prompt: int = 16, repeats: int
         paths = {}
         for k in ("fp32", "int8", "int4"):
             if k == "int8" and not int_kernels.faster():
-                continue  # torch._int_mm without VNNI / AMX: 100-300x slower (its decode-row time is printed)
+                continue  # torch._int_mm without VNNI / AMX: 20-300x slower (its decode-row time is printed)
             try:
                 paths[k] = FusedDecoder(model, max_len=prompt + new_tokens, compile=False, kernel=k)
             except ZooError:
