@@ -140,7 +140,7 @@ def run(size: str = "134m", new_tokens: int = 32, prompt: int = 16, repeats: int
         from tasks.language import int4_kernel, int_kernels
 
         kernels = {"cpu": int_kernels.cpu_features(), "decode_row_s": int_kernels.timing(), "int4": int4_kernel.status(),
-                   "chosen": sorted({_kernel_of(p) for L in dec.layers for p in (*L.projs, L.o, L.down, L.gate_up or L.gate)})}
+                   "chosen": sorted({_kernel_of(p) for L in dec.layers for p in _projections(L)})}
         progress("SDLLM: fused decode (uncompiled) on each group kernel that runs here")
         paths = {}
         for k in ("fp32", "int8", "int4"):
@@ -171,6 +171,11 @@ def _agree(out, ref, prompt: int) -> bool | int:
         return True
     new = (out[0, prompt:] != ref[0, prompt:]).nonzero()
     return int(new[0]) if len(new) else min(out.shape[1], ref.shape[1]) - prompt
+
+
+def _projections(L) -> list:
+    """Every projection a fused-decode layer runs (merged q|k|v and gate|up where they are)."""
+    return [*L.projs, L.o, *([L.gate_up] if L.gate_up is not None else [L.gate, L.up]), L.down]
 
 
 def _kernel_of(proj) -> str:

@@ -344,6 +344,8 @@ class FusedDecoder:
         self.k_cache = [torch.zeros(shape, device=self.device, dtype=self.dtype) for _ in self.layers]
         self.v_cache = [torch.zeros(shape, device=self.device, dtype=self.dtype) for _ in self.layers]
         self.pos = 0
+        # the prefill's head at the last position only (transformers' logits_to_keep, where the model takes it)
+        self._keep_last = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
         self._layer = torch.compile(layer_step, dynamic=False) if compile else layer_step
         self._head = torch.compile(head_step, dynamic=False) if compile else head_step
 
@@ -373,8 +375,7 @@ class FusedDecoder:
         static cache, and return the last position's logits ``[B, vocab]``. Falls back to feeding the prompt
         token by token through :meth:`step` when the model's cache layout is not recognised."""
         P = input_ids.shape[1]
-        keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(self.model.forward).parameters else {}
-        out = self.model(input_ids=input_ids.to(self.device), use_cache=True, **keep)  # the head at the last position only
+        out = self.model(input_ids=input_ids.to(self.device), use_cache=True, **self._keep_last)
         kv = _cache_tensors(getattr(out, "past_key_values", None), len(self.layers))
         if kv is None:
             self.reset()

@@ -209,7 +209,7 @@ int zoo_int4_isa(void) {
 """
 
 ISA_NAMES = {0: "plain C", 1: "AVX2 vpmaddubsw", 2: "VNNI vpdpbusd"}
-_status = {"library": None, "why": "not built yet"}
+_why = "not built yet"  # why library() is None
 
 
 def _compiler() -> str | None:
@@ -219,25 +219,17 @@ def _compiler() -> str | None:
     return None
 
 
-def _cpu_flags() -> str:
-    try:
-        for line in open("/proc/cpuinfo", encoding="utf-8"):
-            if line.startswith("flags"):
-                return line
-    except OSError:
-        pass
-    return ""
-
-
 def build(extra: tuple[str, ...] = ()) -> ctypes.CDLL:
     """Compile (once per source, compiler, flags and CPU; cached) and load the kernel; ``extra``: more compiler
     flags (tests build the plain-C path with ``("-mno-avx2",)``). Raises OSError saying why it cannot."""
     cc = _compiler()
     if cc is None:
         raise OSError("no C compiler (set CC, or install gcc)")
+    from zoo.arith import cpu_flags
     from zoo.hub import cache_dir
 
-    key = hashlib.sha256("\0".join((SOURCE, cc, *extra, _cpu_flags())).encode()).hexdigest()[:16]
+    flags = " ".join(sorted(cpu_flags() or ()))  # -march=native: a build per CPU
+    key = hashlib.sha256("\0".join((SOURCE, cc, *extra, flags)).encode()).hexdigest()[:16]
     path = cache_dir() / "kernels" / f"int4_{key}.so"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -264,22 +256,21 @@ def build(extra: tuple[str, ...] = ()) -> ctypes.CDLL:
 @lru_cache(maxsize=1)
 def library() -> ctypes.CDLL | None:
     """The kernel built for this CPU (on the first call; then from the cache), or None (:func:`status` says why)."""
+    global _why
     if os.environ.get("SPIKING_ZOO_INT4", "").strip() == "0":
-        _status.update(why="turned off (SPIKING_ZOO_INT4=0)")
+        _why = "turned off (SPIKING_ZOO_INT4=0)"
         return None
     try:
-        lib = build()
+        return build()
     except OSError as e:
-        _status.update(why=str(e))
+        _why = str(e)
         return None
-    _status.update(library=lib.path, why="", isa=lib.isa)
-    return lib
 
 
 def status() -> dict:
-    """``{"library": path or None, "why": reason it is not there, "isa": the kernel's instruction set}``."""
-    library()
-    return dict(_status)
+    """``{"library": path or None, "isa": the kernel's instruction set or None, "why": why there is none}``."""
+    lib = library()
+    return {"library": lib.path, "isa": lib.isa, "why": ""} if lib is not None else {"library": None, "isa": None, "why": _why}
 
 
 def supports(group_width: int, w_bits: int, bound: int) -> bool:

@@ -43,6 +43,7 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
+from zoo.arith import cpu_flags
 from zoo.timing import call_times
 
 from . import int4_kernel
@@ -56,14 +57,7 @@ MAX_ROWS = 16  # rows (tokens) up to which the integer kernels are chosen (decod
 @lru_cache(maxsize=1)
 def cpu_features() -> dict:
     """Integer-GEMM features of this CPU: ``{"capability": ATen's, "avx512_vnni": ..., "avx_vnni": ..., "amx_int8": ...}``."""
-    flags = set()
-    try:
-        for line in open("/proc/cpuinfo", encoding="utf-8"):
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
+    flags = cpu_flags() or set()
     try:
         cap = torch.backends.cpu.get_cpu_capability()
     except Exception:  # pragma: no cover

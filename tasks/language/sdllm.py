@@ -427,7 +427,8 @@ class GroupQuantLinear(neurons.SpikeLinear):
         return self._cached("int8")
 
     def int4_codes(self) -> torch.Tensor:
-        """The weight codes packed two per byte ``[out, G*g/2]`` (:mod:`tasks.language.int4_kernel`'s layout)."""
+        """The weight codes packed two per byte in tiles of 8 rows, ``[ceil(out/8), 4 * G * g]`` uint8
+        (:func:`tasks.language.int4_kernel.pack`), for the int4 kernel."""
         return self._cached("int4")
 
     def _exact(self) -> bool:
