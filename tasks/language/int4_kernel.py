@@ -308,7 +308,7 @@ def _run(counts, packed, out_f, groups, lib, P=None, scales=None, gamma=None, y=
     width = packed.shape[1] // 4 // groups
     if (lib or library()).zoo_int4(packed.data_ptr(), x.data_ptr(), x.shape[0], x.shape[1], out_f, groups, width,
                                     _ptr(P), _ptr(scales), _ptr(gamma), 0 if gamma is None else gamma.numel(), _ptr(y)):
-        raise MemoryError("int4 kernel: out of memory")
+        raise MemoryError(f"int4 kernel: no memory for its {x.shape[0]} x {x.shape[1]} int8 counts; free memory or feed fewer rows")
 
 
 def partials(counts: torch.Tensor, packed: torch.Tensor, out_f: int, groups: int,
